@@ -1,0 +1,383 @@
+"""Targeting, injection, merging and freeze policies for adapters on any ``nn.Module``."""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch.nn as nn
+
+from .layers import ADAPTER_METHODS, FORWARD_MODES, AdapterLayer, unsupported_reason, \
+    unwrap_layer, wrap_layer
+
+POLICY_METHODS = ('BitFit', 'Full', 'Frozen')
+METHODS = ADAPTER_METHODS + POLICY_METHODS
+_KEYS = frozenset({'type', 'rank', 'kernel_rank', 'scale', 'alpha', 'targets', 'exclude',
+                   'rank_pattern', 'dropout', 'forward_mode'})
+_METHOD_ONLY_KEYS = {'kernel_rank': ('FLoRA',), 'scale': ('FLoRA',), 'alpha': ('LoRA', 'DoRA')}
+
+
+@dataclass
+class AdapterSpec:
+    """A validated ``inject_adapters`` config (see :func:`parse_adapter_cfg`)."""
+
+    type: str
+    rank: Any = None
+    kernel_rank: Any = 1
+    scale: Any = None
+    alpha: Any = None
+    targets: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
+    rank_pattern: dict[str, Any] = field(default_factory=dict)
+    dropout: float = 0.0
+    forward_mode: str = 'auto'
+
+
+@dataclass
+class LayerPlan:
+    """What :func:`inject_adapters` will do to one module."""
+
+    name: str
+    module: nn.Module
+    rank: int
+    kernel_rank: int
+    scale: float
+    rank_pinned: bool = False  # rank set by rank_pattern
+
+
+def _canonical_method(value: Any) -> str:
+    for method in METHODS:
+        if isinstance(value, str) and value.lower() == method.lower():
+            return method
+    raise ValueError(f"cfg['type']={value!r} is not one of {list(METHODS)}")
+
+
+def _regex_list(cfg: Mapping, key: str) -> list[str] | None:
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"cfg[{key!r}] must be a list of regex strings, got {value!r}")
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"cfg[{key!r}] has an invalid regex {pattern!r}: {err}") from None
+    return list(value)
+
+
+def parse_adapter_cfg(cfg: Mapping) -> AdapterSpec:
+    """Validate the keys and global values of an adapter config.
+
+    Per-layer values (ranks, scale) are validated later with the module in the message.
+
+    Args:
+        cfg: The ``inject_adapters`` config dict.
+
+    Returns:
+        The parsed spec.
+
+    Raises:
+        ValueError: Unknown key, unknown type or forward mode, a key of another method,
+            a bad regex list, a bad dropout, or dropout with ``forward_mode='merged'``.
+    """
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f'adapter cfg must be a dict, got {type(cfg).__name__}')
+    unknown = sorted(set(cfg) - _KEYS)
+    if unknown:
+        raise ValueError(f'unknown adapter cfg keys {unknown}; allowed: {sorted(_KEYS)}')
+    if 'type' not in cfg:
+        raise ValueError(f"adapter cfg needs a 'type' key, one of {list(METHODS)}")
+    method = _canonical_method(cfg['type'])
+    spec = AdapterSpec(type=method)
+    if method in POLICY_METHODS:
+        return spec  # nothing to inject: other keys are accepted so configs only swap 'type'
+    for key, methods in _METHOD_ONLY_KEYS.items():
+        if key in cfg and method not in methods:
+            other = 'scale' if key == 'alpha' else 'alpha' if key == 'scale' else None
+            hint = f" (use {other!r})" if other else ''
+            raise ValueError(f"cfg[{key!r}] is only valid for {list(methods)}, not "
+                             f"{method!r}{hint}")
+    if 'rank' not in cfg:
+        raise ValueError(f"adapter cfg for {method!r} needs a 'rank' key")
+    spec.rank = cfg['rank']
+    spec.kernel_rank = cfg.get('kernel_rank', 1)
+    spec.scale = cfg.get('scale', 1.0)
+    spec.alpha = cfg.get('alpha')
+    spec.targets = _regex_list(cfg, 'targets')
+    spec.exclude = _regex_list(cfg, 'exclude') or []
+    pattern = cfg.get('rank_pattern') or {}
+    if not isinstance(pattern, Mapping):
+        raise ValueError(f"cfg['rank_pattern'] must be a dict {{regex: rank}}, got {pattern!r}")
+    _regex_list({'rank_pattern': list(pattern)}, 'rank_pattern')
+    spec.rank_pattern = dict(pattern)
+    dropout = cfg.get('dropout', 0.0)
+    if not _is_number(dropout) or not 0 <= dropout < 1:
+        raise ValueError(f"cfg['dropout']={dropout!r} must be a number in [0, 1)")
+    spec.dropout = float(dropout)
+    spec.forward_mode = cfg.get('forward_mode', 'auto')
+    if spec.forward_mode not in FORWARD_MODES:
+        raise ValueError(f"cfg['forward_mode']={spec.forward_mode!r} is not one of "
+                         f'{list(FORWARD_MODES)}')
+    if spec.forward_mode == 'merged' and spec.dropout > 0:
+        raise ValueError("cfg['dropout'] > 0 needs forward_mode 'auto' or 'factorized': dropout "
+                         "cannot act on a merged weight")
+    return spec
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _describe(name: str, module: nn.Module) -> str:
+    weight = getattr(module, 'weight', None)
+    shape = tuple(weight.shape) if hasattr(weight, 'shape') and not isinstance(
+        weight, nn.parameter.UninitializedParameter) else None
+    return f"module {name!r} ({type(module).__name__}, weight shape {shape})"
+
+
+def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
+    """All adapted layers of ``model`` by qualified name (``''`` for the root)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLayer)}
+
+
+def select_layers(model: nn.Module, spec: AdapterSpec) -> list[LayerPlan]:
+    """Resolve targets, exclusions and per-layer ranks without modifying ``model``.
+
+    A target regex (fullmatch on qualified module names) that matches no module, or only
+    modules of unsupported types, is an error; one that matches supported and unsupported
+    modules (e.g. ``backbone\\..*``) adapts the supported ones. Without ``targets`` every
+    supported layer is selected. A selected layer whose class overrides ``forward`` with other
+    semantics (timm's ``Conv2dSame``) or that is adapted already is always an error.
+
+    Args:
+        model: The model.
+        spec: A parsed adapter config.
+
+    Returns:
+        One plan per layer to adapt, in module order.
+
+    Raises:
+        ValueError: See above; also bad per-layer rank / kernel_rank / scale / alpha values.
+    """
+    adapted = [name for name, m in model.named_modules() if isinstance(m, AdapterLayer)]
+    # Parameter containers inside adapted layers (flora_factors) are not candidates.
+    candidates = [(n, m) for n, m in model.named_modules()
+                  if not any(n != a and (not a or n.startswith(f'{a}.')) for a in adapted)]
+    if spec.targets is None:
+        chosen = [(n, m) for n, m in candidates
+                  if isinstance(m, AdapterLayer) or _is_linear_or_conv(m)]
+        if not chosen:
+            raise ValueError('the model has no nn.Linear / nn.Conv1d/2d/3d layer to adapt')
+    else:
+        names = set()
+        for i, pattern in enumerate(spec.targets):
+            matched = [(n, m) for n, m in candidates if re.fullmatch(pattern, n)]
+            if not matched:
+                raise ValueError(f"cfg['targets'][{i}]={pattern!r} matches no module of the "
+                                 f'model (fullmatch on qualified names, e.g. '
+                                 f'{[n for n, _ in candidates[1:4]]})')
+            usable = [(n, m) for n, m in matched
+                      if isinstance(m, AdapterLayer) or _is_linear_or_conv(m)]
+            if not usable:
+                shown = '; '.join(_describe(n, m) for n, m in matched[:3])
+                raise ValueError(f"cfg['targets'][{i}]={pattern!r} matches only unsupported "
+                                 f'layers: {shown}: {unsupported_reason(matched[0][1])}')
+            names.update(n for n, _ in usable)
+        chosen = [(n, m) for n, m in candidates if n in names]
+    chosen = [(n, m) for n, m in chosen if not any(re.fullmatch(p, n) for p in spec.exclude)]
+    problems = [(n, m, unsupported_reason(m)) for n, m in chosen if unsupported_reason(m)]
+    if problems:
+        lines = '\n'.join(f'  {_describe(n, m)}: {why}' for n, m, why in problems)
+        raise ValueError(f'cannot inject {spec.type} into:\n{lines}\n'
+                         "(add them to cfg['exclude'] or narrow cfg['targets'])")
+    used_patterns = set()
+    plans = []
+    for name, module in chosen:
+        rank_key, rank = "cfg['rank']", spec.rank
+        for pattern, value in spec.rank_pattern.items():
+            if re.fullmatch(pattern, name):
+                rank_key, rank = f"cfg['rank_pattern'][{pattern!r}]", value
+                used_patterns.add(pattern)
+                break
+        plan = _plan_layer(spec, name, module, rank_key, rank)
+        plan.rank_pinned = rank_key != "cfg['rank']"
+        plans.append(plan)
+    unused = [p for p in spec.rank_pattern if p not in used_patterns]
+    if unused:
+        raise ValueError(f"cfg['rank_pattern'] keys {unused} match no adapted layer")
+    return plans
+
+
+def _is_linear_or_conv(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and not isinstance(
+        module, nn.modules.conv._ConvTransposeNd)
+
+
+def _check_int(key: str, value: Any, name: str, module: nn.Module) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{key}={value!r} must be an integer >= 1 for {_describe(name, module)}')
+    return value
+
+
+def _plan_layer(spec: AdapterSpec, name: str, module: nn.Module, rank_key: str,
+                rank: Any) -> LayerPlan:
+    rank = _check_int(rank_key, rank, name, module)
+    kernel_rank = _check_int("cfg['kernel_rank']", spec.kernel_rank, name, module)
+    if spec.type == 'FLoRA':
+        key, value = "cfg['scale']", spec.scale
+    else:
+        key, value = "cfg['alpha']", rank if spec.alpha is None else spec.alpha
+    if not _is_number(value):
+        raise ValueError(f'{key}={value!r} must be a finite number for {_describe(name, module)}')
+    scale = float(value) if spec.type == 'FLoRA' else float(value) / rank
+    return LayerPlan(name, module, rank, kernel_rank, scale)
+
+
+def inject_adapters(model: nn.Module, cfg: Mapping) -> dict[str, nn.Module]:
+    """Adapt the layers of ``model`` selected by ``cfg`` in place.
+
+    Args:
+        model: Any ``nn.Module``; the adapted layers stay the same objects (their class is
+            swapped to an adapted subclass of the original one) and keep their state-dict keys.
+        cfg: Dict with keys ``type`` ('FLoRA' | 'LoRA' | 'DoRA', or the freeze-policy-only
+            'BitFit' | 'Full' | 'Frozen', which inject nothing), ``rank``, ``kernel_rank``
+            (FLoRA, default 1), ``scale`` (FLoRA, default 1.0), ``alpha`` (LoRA/DoRA,
+            scale = alpha / rank, default alpha = rank), ``targets`` (regexes, fullmatch on
+            qualified module names; default every supported layer), ``exclude`` (regexes),
+            ``rank_pattern`` ({regex: rank}, first fullmatch wins), ``dropout`` (default 0) and
+            ``forward_mode`` ('auto' | 'factorized' | 'merged', default 'auto').
+
+    Returns:
+        The adapted modules by qualified name. The base weights and biases of these layers
+        are frozen; use :func:`freeze_base` for the rest of the model.
+
+    Raises:
+        ValueError: For any invalid config, naming the key and, for per-layer problems, the
+            module and its weight shape. Nothing is modified when an error is raised.
+    """
+    spec = parse_adapter_cfg(cfg)
+    if spec.type in POLICY_METHODS:
+        return {}
+    plans = select_layers(model, spec)
+    for plan in plans:
+        wrap_layer(plan.module, spec.type, rank=plan.rank, kernel_rank=plan.kernel_rank,
+                   scale=plan.scale, dropout=spec.dropout, forward_mode=spec.forward_mode)
+    return {plan.name: plan.module for plan in plans}
+
+
+def wrap_from_config(module: nn.Module, layer_cfg: Mapping) -> AdapterLayer:
+    """Re-create an adapter on a plain layer from its ``adapter_config`` (used by loading).
+
+    Args:
+        module: The plain layer.
+        layer_cfg: A dict produced by ``AdapterLayer.adapter_config``.
+
+    Returns:
+        The adapted layer.
+    """
+    method = _canonical_method(layer_cfg['type'])
+    reason = unsupported_reason(module)
+    if reason or method not in ADAPTER_METHODS:
+        raise ValueError(f'cannot re-create a {method} adapter on {type(module).__name__}: '
+                         f'{reason}')
+    return wrap_layer(module, method, rank=int(layer_cfg['rank']),
+                      kernel_rank=int(layer_cfg.get('kernel_rank', 1)),
+                      scale=float(layer_cfg['scale']),
+                      dropout=float(layer_cfg.get('dropout', 0.0)),
+                      forward_mode=layer_cfg.get('forward_mode', 'auto'))
+
+
+def set_forward_mode(model: nn.Module, mode: str) -> None:
+    """Set ``forward_mode`` ('auto' | 'factorized' | 'merged') of every adapted layer."""
+    if mode not in FORWARD_MODES:
+        raise ValueError(f'forward mode {mode!r} is not one of {list(FORWARD_MODES)}')
+    for name, layer in adapter_layers(model).items():
+        if mode == 'merged' and layer.adapter_dropout > 0:
+            raise ValueError(f"forward mode 'merged' cannot apply the dropout of {name!r}")
+        layer.forward_mode = mode
+
+
+def merge_adapters(model: nn.Module, unload: bool = False) -> nn.Module:
+    """Fold every adapter's ``delta_weight()`` into its base weight (idempotent).
+
+    Args:
+        model: A model with adapters.
+        unload: Also drop the adapters: every adapted layer becomes an instance of its
+            original class again (same object, merged weight), so ``model.state_dict()``
+            has exactly the keys of the plain model and loads into it.
+
+    Returns:
+        ``model`` (modified in place).
+    """
+    for layer in adapter_layers(model).values():
+        layer.merge()
+        if unload:
+            unwrap_layer(layer)
+    return model
+
+
+def unmerge_adapters(model: nn.Module) -> nn.Module:
+    """Undo :func:`merge_adapters` (without ``unload``); idempotent.
+
+    Args:
+        model: A model with adapters.
+
+    Returns:
+        ``model`` (modified in place).
+    """
+    for layer in adapter_layers(model).values():
+        layer.unmerge()
+    return model
+
+
+def freeze_base(model: nn.Module, method: str = 'FLoRA', trainable: Sequence[str] = ()) -> int:
+    """Apply a freeze policy and return the number of trainable parameters.
+
+    Policies: 'FLoRA' / 'LoRA' / 'DoRA' train only adapter parameters (the model must have
+    adapters); 'BitFit' only parameters named ``bias`` (last name component); 'Full'
+    everything; 'Frozen' nothing.
+
+    Args:
+        model: The model.
+        method: The policy (cfg['type'] of the adapter config).
+        trainable: Regexes that additionally keep parameters trainable (e.g. a task head).
+            Each is fullmatched against qualified PARAMETER names (``decode_head.conv.weight``)
+            and qualified MODULE names (``decode_head``); a module match keeps all parameters
+            of that module and its submodules trainable.
+
+    Returns:
+        The number of trainable parameter elements (shared parameters counted once).
+
+    Raises:
+        ValueError: Unknown method, an adapter method on a model without adapters, or a
+            ``trainable`` regex matching nothing.
+    """
+    method = _canonical_method(method)
+    layers = adapter_layers(model)
+    if method in ADAPTER_METHODS and not layers:
+        raise ValueError(f'freeze_base(method={method!r}): the model has no adapters; call '
+                         'inject_adapters first')
+    keep = set()
+    if method in ADAPTER_METHODS:
+        keep = {id(p) for layer in layers.values() for _, p in layer.adapter_named_parameters()}
+    elif method == 'BitFit':
+        keep = {id(p) for n, p in model.named_parameters() if n.rsplit('.', 1)[-1] == 'bias'}
+    elif method == 'Full':
+        keep = {id(p) for p in model.parameters()}
+    trainable = [trainable] if isinstance(trainable, str) else list(trainable)
+    for pattern in trainable:
+        hits = {id(p) for n, p in model.named_parameters() if re.fullmatch(pattern, n)}
+        for name, module in model.named_modules():
+            if re.fullmatch(pattern, name):
+                hits.update(id(p) for p in module.parameters())
+        if not hits:
+            raise ValueError(f'freeze_base: trainable regex {pattern!r} matches no parameter '
+                             'or module name')
+        keep |= hits
+    for param in model.parameters():
+        param.requires_grad_(id(param) in keep)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
