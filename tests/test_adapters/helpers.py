@@ -1,0 +1,76 @@
+"""Shared test helpers: layer cases and INDEPENDENT reference implementations.
+
+Nothing here calls flora_mm code: the references are written from the math (einsum over the
+Tucker product, F.conv with explicit padding), so a bug in the library cannot cancel out.
+"""
+import string
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# name -> (layer factory, input shape, rank, kernel_rank)
+LAYER_CASES = {
+    'linear': (lambda: nn.Linear(12, 10), (3, 5, 12), 4, 1),
+    'conv1d': (lambda: nn.Conv1d(6, 8, 3, padding=1), (2, 6, 11), 3, 2),
+    'conv1d_circular': (lambda: nn.Conv1d(6, 8, 3, padding=1, padding_mode='circular'),
+                        (2, 6, 11), 3, 2),
+    'conv2d': (lambda: nn.Conv2d(6, 8, 3, padding=1), (2, 6, 9, 9), 4, 2),
+    'conv2d_1x1': (lambda: nn.Conv2d(6, 8, 1), (2, 6, 5, 5), 3, 1),
+    'conv2d_grouped': (lambda: nn.Conv2d(8, 12, 3, padding=1, groups=4), (2, 8, 9, 9), 3, 2),
+    'conv2d_grouped_wide': (lambda: nn.Conv2d(8, 8, 3, padding=1, groups=2), (2, 8, 7, 7), 6, 2),
+    'conv2d_depthwise': (lambda: nn.Conv2d(8, 8, 7, padding=3, groups=8), (2, 8, 9, 9), 4, 3),
+    'conv2d_dilated': (lambda: nn.Conv2d(6, 8, 3, padding=2, dilation=2), (2, 6, 9, 9), 4, 2),
+    'conv2d_strided': (lambda: nn.Conv2d(6, 8, 4, stride=2, padding=1), (2, 6, 10, 10), 4, 2),
+    'conv2d_patchify': (lambda: nn.Conv2d(3, 8, 4, stride=4), (2, 3, 12, 12), 4, 2),
+    'conv2d_reflect': (lambda: nn.Conv2d(6, 8, 3, padding=1, padding_mode='reflect'),
+                       (2, 6, 9, 9), 4, 2),
+    'conv2d_same': (lambda: nn.Conv2d(6, 8, 3, padding='same', bias=False), (2, 6, 8, 8), 4, 2),
+    'conv3d': (lambda: nn.Conv3d(4, 6, (3, 3, 2), padding=1), (2, 4, 5, 5, 4), 3, 2),
+}
+
+
+def make_case(name, seed=0):
+    """Build the layer and input of a case (seeded)."""
+    factory, shape, rank, kernel_rank = LAYER_CASES[name]
+    torch.manual_seed(seed)
+    return factory(), torch.randn(shape), rank, kernel_rank
+
+
+def einsum_tucker(core, factors):
+    """Independent Tucker product: core (J_1..J_N) x_n factors[n] (I_n, J_n)."""
+    n = core.dim()
+    src, dst = string.ascii_lowercase[:n], string.ascii_lowercase[n:2 * n]
+    expr = f"{src},{','.join(d + s for d, s in zip(dst, src))}->{dst}"
+    return torch.einsum(expr, core, *factors)
+
+
+def reference_forward(layer, x, weight):
+    """F.linear / F.conv with an explicit weight and the layer's geometry."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, weight, layer.bias)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[weight.dim() - 2]
+    padding = layer.padding
+    if layer.padding_mode != 'zeros':
+        pad = []
+        for p in reversed(padding):
+            pad += [p, p]
+        x = F.pad(x, pad, mode=layer.padding_mode)
+        padding = 0
+    return conv(x, weight, layer.bias, layer.stride, padding, layer.dilation, layer.groups)
+
+
+def randomize_adapters(layer, std=0.5):
+    """Give every adapter parameter (incl. the zero-initialized core / B) random values."""
+    with torch.no_grad():
+        for _, param in layer.adapter_named_parameters():
+            if param.dim() == 1:  # DoRA magnitude: stay positive and near its init
+                param.mul_(1 + 0.2 * torch.rand_like(param))
+            else:
+                param.normal_(0, std)
+
+
+def assert_close(actual, expected, rtol=1e-4):
+    """allclose with an absolute tolerance relative to the reference magnitude."""
+    atol = rtol * max(expected.abs().max().item(), 1e-6)
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
