@@ -151,3 +151,12 @@ def test_dropout_forces_factorized_in_training():
     assert layer._use_factorized(x)
     layer.eval()
     assert not layer._use_factorized(x)
+
+
+def test_input_projection_folding_choice():
+    from flora_mm.adapters.tucker import fold_input_projection
+    # 1x1 kernel and patchify (stride = kernel): fold the input factor into the core kernel
+    assert fold_input_projection(100, 100, 64, 8, 8, kernel_numel=1)
+    assert fold_input_projection(400, 100, 64, 8, 8, kernel_numel=4)
+    # 3x3 stride 1 with a wide input: project channels down first
+    assert not fold_input_projection(100, 100, 64, 8, 8, kernel_numel=9)
