@@ -1,0 +1,5 @@
+"""Runner-side parts of flora_mm: hooks and optimizer constructors (registered on import)."""
+from .hooks import FLoRAHook
+from .optimizers import LayerDecayOptimizerConstructor
+
+__all__ = ['FLoRAHook', 'LayerDecayOptimizerConstructor']

@@ -1,0 +1,8 @@
+from .layer_decay_optimizer_constructor import (LayerDecayOptimizerConstructor,
+                                                get_layer_id_for_timm_convnext, infer_depths,
+                                                num_layer_ids)
+
+__all__ = [
+    'LayerDecayOptimizerConstructor', 'get_layer_id_for_timm_convnext', 'infer_depths',
+    'num_layer_ids'
+]

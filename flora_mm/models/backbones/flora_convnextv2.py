@@ -1,0 +1,136 @@
+"""ConvNeXt-V2 (timm) as an OpenMMLab backbone, with adapters injected at construction."""
+import copy
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.utils.checkpoint as cp
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from flora_mm.adapters import count_adapter_params, freeze_base, inject_adapters
+from flora_mm.registry import MODELS
+from .convnextv2_checkpoint import load_pretrained
+
+ARCHS = ('atto', 'femto', 'pico', 'nano', 'tiny', 'base', 'large', 'huge')
+
+
+@MODELS.register_module()
+class FLoRAConvNeXtV2(BaseModule):
+    """timm's ConvNeXt-V2 with ``features_only`` semantics and optional adapters.
+
+    The stem and stages of ``timm.create_model(f'convnextv2_{arch}')`` become direct children,
+    so parameter names are timm's (``stem.0.weight``, ``stages.2.downsample.1.weight``,
+    ``stages.2.blocks.5.mlp.fc1.weight``): timm checkpoints load unchanged, adapter
+    ``targets`` and the layer-decay optimizer constructor use the same names.
+
+    Construction order (all in ``__init__``, because mmengine's test path never calls
+    ``init_weights``): build the network, load ``pretrained``, inject the adapter, freeze the
+    base. The model is therefore final before the runner wraps it in DDP and builds the
+    optimizer.
+
+    Args:
+        arch: ``'atto'``, ``'femto'``, ``'pico'``, ``'nano'``, ``'tiny'``, ``'base'``,
+            ``'large'`` or ``'huge'`` (timm ``convnextv2_<arch>``).
+        out_indices: Stages whose outputs are returned (0..3, strides 4, 8, 16, 32).
+        drop_path_rate: Stochastic depth rate, linearly increasing over the blocks.
+        with_cp: Activation checkpointing per block (non-reentrant, so it works with frozen
+            inputs and DDP); saves memory for large models at the cost of a second forward.
+        norm_eval: Keep ``BatchNorm`` layers in eval mode while training. ConvNeXt-V2 itself
+            only has LayerNorm and GRN, which have no running statistics, so this is a no-op
+            for the stock network; frozen norms come from the adapter's freeze policy instead.
+        pretrained: Local checkpoint file (timm, official fine-tuned, or FCMAE pre-training;
+            optionally wrapped in ``state_dict`` / ``model``; ``.safetensors`` accepted).
+        adapter: ``inject_adapters`` config, e.g. ``dict(type='FLoRA', rank=32, kernel_rank=2,
+            scale=0.4)``; None trains the plain network (full fine-tuning). Without
+            ``targets`` every Conv2d/Linear of the backbone is adapted: stem, downsampling
+            convs, depthwise 7x7 convs and both point-wise layers of every block (the paper
+            adapts "all weight matrices or tensors"); norms and GRN stay frozen. ``type`` may
+            also be a freeze policy ('BitFit', 'Full', 'Frozen').
+        trainable: Regexes (fullmatch on parameter or module names of this backbone) that
+            stay trainable in addition to the adapter, e.g. ``[r'.*norm.*']``.
+        init_cfg: mmengine init config. ``type='Pretrained'`` is rejected: use ``pretrained``,
+            which is loaded at construction and also works at test time.
+    """
+
+    def __init__(self,
+                 arch: str = 'atto',
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 drop_path_rate: float = 0.,
+                 with_cp: bool = False,
+                 norm_eval: bool = False,
+                 pretrained: Optional[str] = None,
+                 adapter: Optional[dict] = None,
+                 trainable: Sequence[str] = (),
+                 init_cfg: Optional[dict] = None):
+        if init_cfg is not None and any(
+                cfg.get('type') == 'Pretrained'
+                for cfg in (init_cfg if isinstance(init_cfg, list) else [init_cfg])):
+            raise ValueError('FLoRAConvNeXtV2: use `pretrained=<local file>` instead of '
+                             "init_cfg=dict(type='Pretrained'): weights in init_cfg are only "
+                             'loaded by init_weights(), which the test path never calls')
+        super().__init__(init_cfg=init_cfg)
+        if arch not in ARCHS:
+            raise ValueError(f'FLoRAConvNeXtV2: arch={arch!r} is not one of {list(ARCHS)}')
+        out_indices = tuple(out_indices)
+        if not out_indices or any(i not in range(4) for i in out_indices) or len(
+                set(out_indices)) != len(out_indices):
+            raise ValueError(f'FLoRAConvNeXtV2: out_indices={out_indices} must be distinct '
+                             'stage indices in 0..3')
+        if trainable and adapter is None:
+            raise ValueError('FLoRAConvNeXtV2: `trainable` needs an `adapter` (without one the '
+                             'whole backbone is trained)')
+        import timm  # local: only this backbone needs timm
+        net = timm.create_model(
+            f'convnextv2_{arch}', pretrained=False, num_classes=0,
+            drop_path_rate=drop_path_rate)
+        self.arch = arch
+        self.out_indices = out_indices
+        self.with_cp = with_cp
+        self.norm_eval = norm_eval
+        self.pretrained = pretrained
+        self.stem = net.stem
+        self.stages = net.stages
+        self.depths = tuple(len(stage.blocks) for stage in self.stages)
+        self.out_channels = tuple(net.feature_info[i]['num_chs'] for i in out_indices)
+        if pretrained is not None:
+            load_pretrained(self, pretrained)
+        self.adapter = copy.deepcopy(adapter)
+        if adapter is not None:
+            inject_adapters(self, adapter)
+            freeze_base(self, adapter['type'], trainable)
+            counts = count_adapter_params(self)
+            print_log(f'FLoRAConvNeXtV2-{arch}: {adapter["type"]} on '
+                      f'{len(counts["per_layer"])} layers, {counts["trainable"]:,} of '
+                      f'{counts["model_total"]:,} backbone parameters trainable',
+                      logger='current')
+
+    def init_weights(self) -> None:
+        """Keep the weights set in ``__init__`` (timm init or ``pretrained``)."""
+        if self.pretrained is None:
+            super().init_weights()
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Return the feature maps of ``out_indices`` (NCHW, strides 4/8/16/32)."""
+        x = self.stem(x)
+        outs = []
+        use_cp = self.with_cp and self.training and torch.is_grad_enabled()
+        for i, stage in enumerate(self.stages[:max(self.out_indices) + 1]):
+            x = stage.downsample(x)
+            for block in stage.blocks:
+                x = cp.checkpoint(block, x, use_reentrant=False) if use_cp else block(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    def train(self, mode: bool = True) -> 'FLoRAConvNeXtV2':
+        """Set train mode, keeping BatchNorm layers in eval mode if ``norm_eval``."""
+        super().train(mode)
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+
+__all__ = ['FLoRAConvNeXtV2', 'ARCHS']
