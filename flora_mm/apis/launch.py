@@ -1,0 +1,144 @@
+"""What ``tools/train.py`` / ``tools/test.py`` do besides building the runner.
+
+* register the modules of the package named by the config's ``default_scope``;
+* on machines without CUDA, make distributed launches work: initialise a gloo process group
+  before the runner is built (mmengine's ``init_dist`` calls ``torch.cuda.set_device``; the
+  runner skips it when a group exists), set ``env_cfg.dist_cfg.backend='gloo'`` and wrap the
+  model in DDP without ``device_ids`` (DDP rejects device ids for CPU modules).
+
+On a GPU node nothing is changed, so the same command runs on a laptop and on a cluster.
+"""
+import copy
+import datetime
+import importlib
+import os
+import subprocess
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+# default_scope -> packages whose modules the config may name (mmrotate configs use mmdet's).
+SCOPE_PACKAGES = {'mmdet': ('mmdet', ), 'mmseg': ('mmseg', ), 'mmrotate': ('mmdet', 'mmrotate')}
+DDP_WRAPPERS = ('MMDistributedDataParallel', 'mmengine.MMDistributedDataParallel')
+
+
+def register_task_modules(cfg: Config) -> None:
+    """Import and register the modules of the config's downstream package(s).
+
+    Args:
+        cfg: A config; ``default_scope`` (mmdet when absent, as mmdet's tools assume) picks
+            ``mmdet``, ``mmseg`` or ``mmrotate`` (with mmdet). Other scopes register nothing.
+    """
+    import flora_mm  # noqa: F401  (compat fixes and flora_mm registries)
+    for package in SCOPE_PACKAGES.get(cfg.get('default_scope', 'mmdet'), ()):
+        utils = importlib.import_module(f'{package}.utils')
+        utils.register_all_modules(init_default_scope=False)
+
+
+def _dist_env(launcher: str) -> dict:
+    """``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` for a launcher."""
+    env = os.environ
+    if launcher == 'pytorch':
+        missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
+                   if k not in env]
+        if missing:
+            raise RuntimeError(f'--launcher pytorch needs the environment variables {missing}; '
+                               'start the script with torchrun (tools/dist_train.sh)')
+        return dict(RANK=env['RANK'], WORLD_SIZE=env['WORLD_SIZE'],
+                    LOCAL_RANK=env.get('LOCAL_RANK', '0'), MASTER_ADDR=env['MASTER_ADDR'],
+                    MASTER_PORT=env['MASTER_PORT'])
+    if launcher == 'slurm':
+        addr = env.get('MASTER_ADDR') or subprocess.getoutput(
+            f'scontrol show hostname {env["SLURM_NODELIST"]} | head -n1')
+        return dict(RANK=env['SLURM_PROCID'], WORLD_SIZE=env['SLURM_NTASKS'],
+                    LOCAL_RANK=env.get('SLURM_LOCALID', '0'), MASTER_ADDR=addr,
+                    MASTER_PORT=env.get('MASTER_PORT', '29500'))
+    if launcher == 'mpi':
+        if 'MASTER_ADDR' not in env:
+            raise RuntimeError('--launcher mpi needs the environment variable MASTER_ADDR')
+        return dict(RANK=env['OMPI_COMM_WORLD_RANK'], WORLD_SIZE=env['OMPI_COMM_WORLD_SIZE'],
+                    LOCAL_RANK=env.get('OMPI_COMM_WORLD_LOCAL_RANK', '0'),
+                    MASTER_ADDR=env['MASTER_ADDR'], MASTER_PORT=env.get('MASTER_PORT', '29500'))
+    raise ValueError(f'unknown launcher {launcher!r}; expected none, pytorch, slurm or mpi')
+
+
+def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
+    """Prepare a distributed launch on a machine without CUDA (no-op otherwise).
+
+    Initialises a gloo process group from the launcher's environment, sets
+    ``cfg.env_cfg.dist_cfg.backend='gloo'`` and, unless the config has its own
+    ``model_wrapper_cfg``, uses ``MMDistributedDataParallel(device_ids=None,
+    broadcast_buffers=False)`` (``find_unused_parameters`` taken from the config, as mmengine's
+    default wrapper does). A config's own DDP wrapper config gets ``device_ids=None`` if unset.
+
+    Args:
+        cfg: The config, modified in place.
+        launcher: 'none', 'pytorch', 'slurm' or 'mpi'.
+
+    Returns:
+        True if the CPU distributed setup was applied.
+    """
+    if launcher == 'none' or torch.cuda.is_available():
+        return False
+    env_cfg = cfg.setdefault('env_cfg', {})
+    dist_cfg = env_cfg.setdefault('dist_cfg', {})
+    dist_cfg['backend'] = 'gloo'
+    wrapper = cfg.get('model_wrapper_cfg')
+    if wrapper is None:
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+    elif wrapper.get('type', 'MMDistributedDataParallel') in DDP_WRAPPERS:
+        wrapper.setdefault('device_ids', None)
+    if not dist.is_initialized():
+        env = _dist_env(launcher)
+        os.environ.update(env)
+        timeout = dist_cfg.get('timeout')
+        kwargs = {} if timeout is None else dict(timeout=datetime.timedelta(seconds=timeout))
+        dist.init_process_group(backend='gloo', init_method='env://', rank=int(env['RANK']),
+                                world_size=int(env['WORLD_SIZE']), **kwargs)
+    print_log(f'no CUDA device: distributed on CPU with gloo (rank {dist.get_rank()} of '
+              f'{dist.get_world_size()})', logger='current')
+    return True
+
+
+def load_config(config: str, launcher: str = 'none', cfg_options: Optional[dict] = None,
+                work_dir: Optional[str] = None) -> Config:
+    """Load a config the way mmdet's tools do (options merged, ``work_dir`` resolved).
+
+    Args:
+        config: Config file path.
+        launcher: Job launcher, stored as ``cfg.launcher``.
+        cfg_options: ``--cfg-options`` overrides.
+        work_dir: ``--work-dir``; otherwise the config's or ``./work_dirs/<config name>``.
+
+    Returns:
+        The config.
+    """
+    import flora_mm  # noqa: F401  (compat fixes before any mm* model code is imported)
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options:
+        cfg.merge_from_dict(copy.deepcopy(cfg_options))
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = os.path.join('./work_dirs',
+                                    os.path.splitext(os.path.basename(config))[0])
+    return cfg
+
+
+def build_runner(cfg: Config):
+    """Register the config's modules, set up CPU distribution, and build the runner."""
+    register_task_modules(cfg)
+    setup_cpu_distributed(cfg, cfg.get('launcher', 'none'))
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' in cfg:
+        from mmengine.registry import init_default_scope
+        init_default_scope(cfg.get('default_scope', 'mmdet'))
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)

@@ -1,0 +1,146 @@
+"""Fold trained adapters into the base weights: a plain checkpoint for the un-adapted model."""
+import copy
+import os
+import tempfile
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config, ConfigDict
+
+from .launch import load_config, register_task_modules
+
+HOOK_TYPES = ('FLoRAHook', 'flora_mm.FLoRAHook')
+
+
+def _is_flora_hook(hook_cfg) -> bool:
+    return isinstance(hook_cfg, dict) and hook_cfg.get('type') in HOOK_TYPES
+
+
+def plain_model_cfg(model_cfg: ConfigDict) -> ConfigDict:
+    """The model config without adapters: every ``adapter`` set to None, ``trainable`` emptied.
+
+    Args:
+        model_cfg: ``cfg.model``.
+
+    Returns:
+        A modified deep copy.
+    """
+    def strip(node):
+        if isinstance(node, dict):
+            if 'adapter' in node:
+                node['adapter'] = None
+                if 'trainable' in node:
+                    node['trainable'] = ()
+            for value in node.values():
+                strip(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                strip(value)
+    model_cfg = copy.deepcopy(model_cfg)
+    strip(model_cfg)
+    return model_cfg
+
+
+def build_model(cfg: Config, model_cfg: Optional[ConfigDict] = None) -> nn.Module:
+    """Build ``cfg.model`` (or ``model_cfg``) in the config's default scope, on CPU."""
+    from mmengine.registry import MODELS, init_default_scope
+    register_task_modules(cfg)
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    return MODELS.build(copy.deepcopy(model_cfg if model_cfg is not None else cfg.model))
+
+
+def _key_diff(expected: List[str], got: List[str]) -> str:
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    return f'missing keys {missing[:20]}, unexpected keys {unexpected[:20]}'
+
+
+def merge_checkpoint(config: str, checkpoint: str, out: str,
+                     cfg_options: Optional[dict] = None, verify: bool = True) -> dict:
+    """Write ``out``: ``checkpoint``'s model with every adapter merged into its base weight.
+
+    The model is built from ``config`` (adapters of the backbone config and of ``FLoRAHook``
+    entries in ``custom_hooks``), the checkpoint (full or adapter-only) is loaded strictly,
+    adapters are merged and unloaded, and the result is saved as
+    ``{'meta': ..., 'state_dict': ...}`` through a temporary file renamed onto ``out``.
+    With ``verify`` the state dict is first loaded strictly into the plain model (the config
+    with ``adapter=None`` and no ``FLoRAHook``).
+
+    Args:
+        config: The training config.
+        checkpoint: A checkpoint written by training with that config.
+        out: Output path; replaced atomically, never left half-written.
+        cfg_options: ``--cfg-options`` overrides.
+        verify: Check that the plain model loads the merged state dict strictly.
+
+    Returns:
+        ``{'merged_layers': int, 'num_tensors': int}``.
+
+    Raises:
+        ValueError: The model has no adapters, or keys do not match (named in the message).
+        FileNotFoundError: ``checkpoint`` does not exist.
+    """
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    from flora_mm.adapters import count_adapter_params, merge_adapters
+    from flora_mm.engine.hooks import FLoRAHook, fill_frozen, is_adapter_only
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist')
+    cfg = load_config(config, cfg_options=cfg_options)
+    model = build_model(cfg)
+    for hook_cfg in cfg.get('custom_hooks', []):
+        if _is_flora_hook(hook_cfg):
+            args = {k: v for k, v in hook_cfg.items() if k not in ('type', 'priority')}
+            FLoRAHook(**args).adapt(model)
+    layers = len(count_adapter_params(model)['per_layer'])
+    if not layers:
+        raise ValueError(f'{config}: the model has no adapters (no `adapter=` in the model '
+                         'config and no FLoRAHook with `adapter` in custom_hooks); nothing to '
+                         'merge')
+    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    if 'state_dict' not in ckpt:
+        raise ValueError(f'{checkpoint}: not a runner checkpoint (no "state_dict" key; top-level '
+                         f'keys {sorted(ckpt)[:10]})')
+    ckpt['state_dict'] = {k[7:] if k.startswith('module.') else k: v
+                          for k, v in ckpt['state_dict'].items()}
+    if is_adapter_only(ckpt):
+        if hasattr(model, 'init_weights'):
+            model.init_weights()  # frozen init_cfg (pretrained) weights
+        fill_frozen(ckpt, model)
+    own = list(model.state_dict())
+    if sorted(own) != sorted(ckpt['state_dict']):
+        raise ValueError(f'{checkpoint} does not match the model of {config}: '
+                         + _key_diff(own, list(ckpt['state_dict'])))
+    model.load_state_dict(ckpt['state_dict'], strict=True)
+    merge_adapters(model, unload=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if verify:
+        plain = build_model(cfg, plain_model_cfg(cfg.model))
+        expected = list(plain.state_dict())
+        if sorted(expected) != sorted(state):
+            raise ValueError('the merged state dict does not fit the plain model (adapter=None): '
+                             + _key_diff(expected, list(state)))
+        plain.load_state_dict(state, strict=True)
+    meta = dict(ckpt.get('meta') or {})
+    meta.pop('flora_mm', None)
+    meta['flora_mm_merged'] = dict(source=os.path.abspath(checkpoint), merged_layers=layers)
+    _atomic_save(dict(meta=meta, state_dict=state), out)
+    return dict(merged_layers=layers, num_tensors=len(state))
+
+
+def _atomic_save(obj: dict, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.',
+                               suffix='.tmp')
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, 'rb') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
