@@ -36,12 +36,17 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV with $PYTHON"
   "$PYTHON" -m venv "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 export PIP_CONSTRAINT=$CONSTRAINTS
+# pip, minus the per-package notes about this machine's local file indexes
+pip_install() {
+  "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+  return "${PIPESTATUS[0]}"
+}
 
 log "installing build tools and torch $TORCH_VERSION"
-"${PIP[@]}" install -q setuptools wheel ninja
-"${PIP[@]}" install -q torch torchvision
+pip_install install -q setuptools wheel ninja
+pip_install install -q torch torchvision
 
 WHEEL_DIR=$CACHE/wheels/mmcv-${MMCV_VERSION}_torch-${TORCH_VERSION}_cp311_${VARIANT}
 MMCV_WHEEL=$(ls "$WHEEL_DIR"/mmcv-*.whl 2>/dev/null | head -n1 || true)
@@ -49,14 +54,14 @@ if [ -z "$MMCV_WHEEL" ]; then
   log "compiling mmcv $MMCV_VERSION with ops ($VARIANT); about 13 min on 2 cores, once"
   BUILD=$(mktemp -d)
   trap 'rm -rf "$BUILD"' EXIT
-  "${PIP[@]}" download -q --no-deps --no-binary :all: "mmcv==$MMCV_VERSION" -d "$BUILD"
+  pip_install download -q --no-deps --no-binary :all: "mmcv==$MMCV_VERSION" -d "$BUILD"
   tar -xzf "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD"
   SRC=$BUILD/mmcv-$MMCV_VERSION
   # torch >= 2.10 headers refuse anything older than C++20.
   sed -i 's/-std=c++14/-std=c++20/g' "$SRC/setup.py"
   grep -q -- '-std=c++20' "$SRC/setup.py" || { log "mmcv setup.py has no -std flag to raise"; exit 1; }
   MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
-    "${PIP[@]}" wheel -q --no-build-isolation --no-deps "$SRC" -w "$BUILD/out"
+    pip_install wheel -q --no-build-isolation --no-deps "$SRC" -w "$BUILD/out"
   mkdir -p "$WHEEL_DIR"
   # rename into place so an interrupted build never leaves a half-written wheel in the cache
   BUILT=$(ls "$BUILD"/out/mmcv-*.whl)
@@ -67,8 +72,8 @@ fi
 log "using $MMCV_WHEEL"
 
 log "installing the OpenMMLab stack"
-"${PIP[@]}" install -q "$MMCV_WHEEL" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
-"${PIP[@]}" install -q --no-build-isolation --no-deps -e "$ROOT"
+pip_install install -q "$MMCV_WHEEL" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+pip_install install -q --no-build-isolation --no-deps -e "$ROOT"
 
 "$VENV/bin/python" -c "import mmcv.ops, mmdet, mmseg, mmrotate, timm, flora_mm; print('stack ok: flora_mm', flora_mm.__version__)"
 fingerprint > "$STAMP"
