@@ -1,0 +1,4 @@
+# Table 1, Fully FT row "196M": every backbone parameter trains.
+_base_ = '../../flora/upernet/upernet_convnextv2-l-flora-r42_8xb2-160k_ade20k-512x512.py'
+
+model = dict(backbone=dict(adapter=dict(_delete_=True, type='Full')))

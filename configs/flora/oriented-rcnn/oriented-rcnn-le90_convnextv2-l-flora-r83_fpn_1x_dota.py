@@ -1,0 +1,4 @@
+# Table 1, FLoRA row "25.65M" (here 25.66M): the r42 config with a larger rank.
+_base_ = './oriented-rcnn-le90_convnextv2-l-flora-r42_fpn_1x_dota.py'
+
+model = dict(backbone=dict(adapter=dict(rank=83)))
