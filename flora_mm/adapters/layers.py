@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,12 @@ from .tucker import ConvGeometry, fold_input_projection, low_rank_conv, tucker_c
     tucker_flops, tucker_to_tensor
 
 ADAPTER_METHODS = ('FLoRA', 'LoRA', 'DoRA')
+# Cost model of 'auto' in multiply-accumulate equivalents: the thin low-rank ops are memory
+# bound, so every activation element they read or write counts like this many MACs (CPU
+# measurements on ConvNeXt-V2 shapes put the break-even between 10 and 50), and every extra
+# kernel + autograd node has a fixed cost.
+TRAFFIC_COST = 16
+OP_COST = 100_000
 FORWARD_MODES = ('auto', 'factorized', 'merged')
 STANDARD_BASES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Subclasses that override ``forward`` but keep its semantics for non-empty inputs.
@@ -97,6 +103,28 @@ def _autocast_disabled(device_type: str) -> Iterator[None]:
 def _adapter_dtype(weight: torch.Tensor) -> torch.dtype:
     # Adapter parameters are at least fp32 (never half precision), float64 for float64 models.
     return torch.promote_types(weight.dtype, torch.float32)
+
+
+class Cost(NamedTuple):
+    """Work of one call (multiply-accumulates and activation elements).
+
+    Attributes:
+        base: MACs of the base op.
+        adapter: MACs of the factorized low-rank branch.
+        rebuild: MACs of rebuilding the effective weight (merged path).
+        t_in: Input elements.
+        t_out: Output elements.
+        t_hidden: Elements of the branch's low-rank intermediates.
+        ops: Extra ops of the factorized branch in forward.
+    """
+
+    base: int
+    adapter: int
+    rebuild: int
+    t_in: int
+    t_out: int
+    t_hidden: int
+    ops: int
 
 
 class AdapterLayer:
@@ -211,8 +239,8 @@ class AdapterLayer:
         p_out = batch * math.prod(geo.output_spatial(in_spatial, self.kernel_size))
         return p_in, p_out, p_out * self.weight.numel()
 
-    def _flops(self, x: torch.Tensor) -> tuple[int, int, int]:
-        """``(base, adapter branch, weight rebuild)`` multiply-accumulates for one call."""
+    def _cost(self, x: torch.Tensor) -> Cost:
+        """Work of one call on ``x`` for the forward-mode choice."""
         raise NotImplementedError
 
     def _dropout(self, x: torch.Tensor) -> torch.Tensor:
@@ -225,16 +253,24 @@ class AdapterLayer:
             return True  # dropout cannot act on a merged weight
         if self.forward_mode != 'auto':
             return self.forward_mode == 'factorized'
-        base, adapter, rebuild = self._flops(x)
+        cost = self._cost(x)
+        io = cost.t_in + cost.t_out
+        weight_io = 3 * self.weight.numel()  # read W0, write and read the effective weight
         train = torch.is_grad_enabled() and any(
             p.requires_grad for _, p in self.adapter_named_parameters())
         if not train:
-            return base + adapter < base + rebuild
-        # Backward: the frozen base op needs only its input gradient; the merged op also needs
-        # the full-size weight gradient. Adapter ops need input and weight gradients (x3).
+            factorized = cost.adapter + TRAFFIC_COST * (io + 2 * cost.t_hidden + 2 * cost.t_out)
+            merged = cost.rebuild + TRAFFIC_COST * weight_io
+            return factorized + OP_COST * cost.ops < merged
+        # Backward: the frozen base op needs only its input gradient, the merged op also the
+        # full-size weight gradient; branch ops need input and weight gradients (x3 work, and
+        # roughly 6 passes over their inputs / outputs, gradient accumulation included).
         x_grad = int(x.requires_grad)
-        factorized = base * (1 + x_grad) + 3 * adapter
-        merged = base * (2 + x_grad) + 3 * rebuild
+        factorized = (cost.base * (1 + x_grad) + TRAFFIC_COST * io * (1 + x_grad)
+                      + 3 * cost.adapter + 6 * TRAFFIC_COST * (io + cost.t_hidden)
+                      + 3 * OP_COST * cost.ops)
+        merged = (cost.base * (2 + x_grad) + TRAFFIC_COST * io * (2 + x_grad)
+                  + 3 * (cost.rebuild + TRAFFIC_COST * weight_io))
         return factorized < merged
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -330,17 +366,19 @@ class FLoRALayer(AdapterLayer):
         down = (core * self.adapter_scale) @ factors[1].t()
         return F.linear(F.linear(x, down), factors[0])
 
-    def _flops(self, x: torch.Tensor) -> tuple[int, int, int]:
+    def _cost(self, x: torch.Tensor) -> Cost:
         p_in, p_out, base = self._pixels(x)
         out, cin_g, groups, kernel = _conv_dims(self)
         r_out, r_in = self.flora_core.shape[:2]
         k = math.prod(kernel)
         if fold_input_projection(p_in, p_out, cin_g, r_in, r_out, k):
-            down = p_out * groups * r_out * cin_g * k
+            down, hidden, ops = p_out * groups * r_out * cin_g * k, p_out * groups * r_out, 3
         else:
             down = p_in * groups * cin_g * r_in + p_out * groups * r_out * r_in * k
+            hidden, ops = p_in * groups * r_in + p_out * groups * r_out, 4
         rebuild = tucker_flops(self.flora_core.shape, self.weight.shape) + self.weight.numel()
-        return base, down + p_out * out * r_out, rebuild
+        return Cost(base, down + p_out * out * r_out, rebuild, x.numel(), p_out * out, hidden,
+                    ops)
 
 
 class LoRALayer(AdapterLayer):
@@ -393,12 +431,13 @@ class LoRALayer(AdapterLayer):
             return low_rank_conv(x, down, up, self._adapter_geometry)
         return F.linear(F.linear(x, down), up)
 
-    def _flops(self, x: torch.Tensor) -> tuple[int, int, int]:
+    def _cost(self, x: torch.Tensor) -> Cost:
         _, p_out, base = self._pixels(x)
         r, a_cols = self._lora_a.shape
         out, _, groups, _ = _conv_dims(self)
         adapter = p_out * (groups * r * a_cols + out * r)
-        return base, adapter, out * r * a_cols + self.weight.numel()
+        return Cost(base, adapter, out * r * a_cols + self.weight.numel(), x.numel(),
+                    p_out * out, p_out * groups * r, 3)
 
 
 class DoRALayer(LoRALayer):
@@ -478,12 +517,12 @@ class DoRALayer(LoRALayer):
             self.merged = False
             self._dora_merged_norm = None
 
-    def _flops(self, x: torch.Tensor) -> tuple[int, int, int]:
-        base, adapter, rebuild = super()._flops(x)
-        _, p_out, _ = self._pixels(x)
-        # Both paths rebuild V for its norm; factorized also rescales the output.
-        rebuild += 2 * self.weight.numel()
-        return base, adapter + rebuild + p_out * self.weight.shape[0], rebuild
+    def _cost(self, x: torch.Tensor) -> Cost:
+        cost = super()._cost(x)
+        # Both paths rebuild V for its norm; factorized also rescales the output (2 ops).
+        rebuild = cost.rebuild + 2 * self.weight.numel()
+        return cost._replace(adapter=cost.adapter + rebuild + TRAFFIC_COST * 2 * cost.t_out,
+                             rebuild=rebuild, ops=cost.ops + 2)
 
 
 # Classes for the standard torch layers, defined statically so that pickling works.

@@ -129,19 +129,19 @@ def test_gradcheck_float64(name, mode):
     assert torch.autograd.gradcheck(fn, (x, *params), eps=1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize('name,factorized_when_training', [
-    ('conv2d_depthwise', False), ('conv2d', True), ('linear', True)])
-def test_auto_picks_cheaper_path(name, factorized_when_training):
-    layer, x, _, _ = make_case(name)
-    x = torch.randn(8, *x.shape[1:])
-    inject_adapters(layer, {'type': 'FLoRA', 'rank': 2, 'kernel_rank': 1})
-    if name == 'linear':  # a realistic width, where the low-rank branch is clearly cheaper
-        layer = nn.Linear(256, 256)
-        x = torch.randn(8, 64, 256)
-        inject_adapters(layer, {'type': 'FLoRA', 'rank': 4})
-    assert layer._use_factorized(x) is factorized_when_training
-    with torch.no_grad():  # inference: rebuilding the small weight is always cheaper
-        assert layer._use_factorized(x) is False
+@pytest.mark.parametrize('make,shape,train_choice,eval_choice', [
+    (lambda: nn.Conv2d(64, 64, 7, padding=3, groups=64), (8, 64, 28, 28), False, False),  # dw
+    (lambda: nn.Conv2d(256, 256, 3, padding=1), (8, 256, 28, 28), True, False),  # wide dense
+    (lambda: nn.Linear(768, 3072), (8, 49, 768), True, True),  # wide linear, few tokens
+    (lambda: nn.Linear(40, 160), (8, 3136, 40), False, False),  # narrow: branch memory bound
+])
+def test_auto_picks_cheaper_path(make, shape, train_choice, eval_choice):
+    layer = make()
+    inject_adapters(layer, {'type': 'FLoRA', 'rank': 8, 'kernel_rank': 2})
+    x = torch.empty(shape)
+    assert layer._use_factorized(x) is train_choice
+    with torch.no_grad():
+        assert layer._use_factorized(x) is eval_choice
 
 
 def test_dropout_forces_factorized_in_training():
