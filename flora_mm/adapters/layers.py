@@ -440,6 +440,11 @@ class LoRALayer(AdapterLayer):
                     p_out * out, p_out * groups * r, 3)
 
 
+def _per_channel(vector: torch.Tensor, ndim: int) -> torch.Tensor:
+    """View an ``(out,)`` vector to broadcast over a weight ``(out, ...)`` of ``ndim`` dims."""
+    return vector.reshape(-1, *[1] * (ndim - 1))
+
+
 class DoRALayer(LoRALayer):
     """DoRA: ``W = m * V / ||V||_c`` with ``V = W0 + s * reshape(B @ A)``.
 
@@ -474,7 +479,7 @@ class DoRALayer(LoRALayer):
         weight = self.weight.to(self._lora_a.dtype)
         if not self.merged:
             return weight
-        ratio = (self._dora_merged_norm / self.dora_magnitude).reshape(-1, *[1] * (weight.dim() - 1))
+        ratio = _per_channel(self._dora_merged_norm / self.dora_magnitude, weight.dim())
         return weight * ratio - super()._low_rank_delta()
 
     def _direction_scale(self, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -485,11 +490,11 @@ class DoRALayer(LoRALayer):
     def _low_rank_delta(self) -> torch.Tensor:
         base = self._unmerged_weight()
         direction, scale = self._direction_scale(base)
-        return direction * scale.reshape(-1, *[1] * (base.dim() - 1)) - base
+        return direction * _per_channel(scale, base.dim()) - base
 
     def _effective_weight(self) -> torch.Tensor:
         direction, scale = self._direction_scale(self.weight.to(self._lora_a.dtype))
-        return (direction * scale.reshape(-1, *[1] * (direction.dim() - 1))).to(self.weight.dtype)
+        return (direction * _per_channel(scale, direction.dim())).to(self.weight.dtype)
 
     def _factorized_forward(self, x: torch.Tensor) -> torch.Tensor:
         with _autocast_disabled(x.device.type):
@@ -507,7 +512,7 @@ class DoRALayer(LoRALayer):
         if not self.merged:
             direction, scale = self._direction_scale(self.weight.to(self._lora_a.dtype))
             self._dora_merged_norm = self.dora_magnitude / scale
-            self.weight.copy_(direction * scale.reshape(-1, *[1] * (direction.dim() - 1)))
+            self.weight.copy_(direction * _per_channel(scale, direction.dim()))
             self.merged = True
 
     @torch.no_grad()
