@@ -55,7 +55,7 @@ def parse_test_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def train_config(args: argparse.Namespace) -> Config:
+def build_train_config(args: argparse.Namespace) -> Config:
     """The runner config for ``tools/train.py`` arguments (mmdet's ``train.py`` semantics).
 
     Args:
@@ -89,7 +89,7 @@ def train_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def test_config(args: argparse.Namespace) -> Config:
+def build_test_config(args: argparse.Namespace) -> Config:
     """The runner config for ``tools/test.py`` arguments.
 
     Args:
@@ -116,17 +116,17 @@ def test_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def train(argv: Optional[List[str]] = None):
+def run_train(argv: Optional[List[str]] = None):
     """``tools/train.py``: build the runner and train; returns the runner."""
-    runner = build_runner(train_config(parse_train_args(argv)))
+    runner = build_runner(build_train_config(parse_train_args(argv)))
     runner.train()
     return runner
 
 
-def test(argv: Optional[List[str]] = None) -> dict:
+def run_test(argv: Optional[List[str]] = None) -> dict:
     """``tools/test.py``: build the runner and test; returns the metrics."""
     args = parse_test_args(argv)
-    cfg = test_config(args)
+    cfg = build_test_config(args)
     runner = build_runner(cfg)
     if args.out and cfg.get('default_scope', 'mmdet') != 'mmseg':
         if not args.out.endswith(('.pkl', '.pickle')):

@@ -83,9 +83,13 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
     """
     if launcher == 'none' or torch.cuda.is_available():
         return False
-    env_cfg = cfg.setdefault('env_cfg', {})
-    dist_cfg = env_cfg.setdefault('dist_cfg', {})
-    dist_cfg['backend'] = 'gloo'
+    # Assign through the config (setdefault would return a detached plain dict).
+    if cfg.get('env_cfg') is None:
+        cfg.env_cfg = dict()
+    if cfg.env_cfg.get('dist_cfg') is None:
+        cfg.env_cfg.dist_cfg = dict()
+    dist_cfg = cfg.env_cfg.dist_cfg
+    dist_cfg.backend = 'gloo'
     wrapper = cfg.get('model_wrapper_cfg')
     if wrapper is None:
         cfg.model_wrapper_cfg = dict(
