@@ -13,11 +13,12 @@ Time: one train step (zero_grad + forward + cross-entropy + backward + AdamW ste
 interleaved within each repeat so drifts of the machine hit all of them alike; medians.
 
 Peak memory: each method runs in a fresh subprocess that builds the model and optimizer, reads
-its resident set size (RSS), runs ``--memory-steps`` train steps and reads the peak RSS
-(``getrusage().ru_maxrss``). Reported: peak minus pre-step RSS, i.e. what a train step adds on
-top of the resident model (activations, gradients, optimizer state, temporaries), as the OS
-sees it. (tracemalloc cannot see torch's allocations and the CPU allocator keeps no peak
-statistics.)
+its resident set size (RSS), resets the kernel's peak-RSS counter (``/proc/self/clear_refs``),
+runs ``--memory-steps`` train steps and reads the peak (``VmHWM`` in ``/proc/self/status``).
+Reported: peak minus pre-step RSS, i.e. what train steps add on top of the resident model
+(activations, gradients, optimizer state, temporaries), as the OS sees it. (tracemalloc cannot
+see torch's allocations, the CPU allocator keeps no peak statistics, and ``ru_maxrss`` of a
+child inherits the parent's peak across fork + exec.) Linux only.
 
 Inference: the plain model vs the same model after ``merge_adapters(unload=True)`` (FLoRA with a
 non-zero update merged and dropped), eval mode, ``torch.inference_mode``; the unmerged FLoRA
@@ -35,7 +36,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -140,9 +140,12 @@ def solve_ranks(arch: str, args: argparse.Namespace) -> tuple[dict, dict]:
     return ranks, counts
 
 
-def rss_bytes() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+def _proc_status_kib(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(f'{field}:'):
+                return int(line.split()[1])
+    raise RuntimeError(f'{field} missing from /proc/self/status')
 
 
 def memory_child(job: dict) -> None:
@@ -152,10 +155,12 @@ def memory_child(job: dict) -> None:
     model, optimizer = build(job['arch'], job['method'], job['ranks'])
     x, y = batch(args)
     gc.collect()
-    before = rss_bytes()
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # reset VmHWM to the current RSS
+    before = _proc_status_kib('VmRSS') * 1024
     for _ in range(args.memory_steps):
         train_step(model, optimizer, x, y)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = _proc_status_kib('VmHWM') * 1024
     print(json.dumps({'rss_before': before, 'peak_rss': peak,
                       'step_peak': max(peak - before, 0)}))
 
@@ -166,6 +171,12 @@ def measure_memory(arch: str, method: str, ranks: dict, args: argparse.Namespace
     result = subprocess.run([sys.executable, os.path.abspath(__file__), '--child',
                              json.dumps(job)], capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def rotated(items: list, shift: int) -> list:
+    """Start each repeat at another method, so no method always runs first."""
+    shift %= len(items)
+    return items[shift:] + items[:shift]
 
 
 def median_ms(samples: list[float]) -> float:
@@ -179,8 +190,9 @@ def bench_training(arch: str, ranks: dict, args: argparse.Namespace) -> dict:
         for _ in range(args.warmup):
             train_step(model, optimizer, x, y)
     times = {m: [] for m in args.methods}
-    for _ in range(args.repeats):
-        for method, (model, optimizer) in runs.items():
+    for repeat in range(args.repeats):
+        for method in rotated(list(runs), repeat):
+            model, optimizer = runs[method]
             start = time.perf_counter()
             train_step(model, optimizer, x, y)
             times[method].append(time.perf_counter() - start)
@@ -205,8 +217,9 @@ def bench_inference(arch: str, ranks: dict, args: argparse.Namespace) -> dict:
         for model in models.values():
             for _ in range(args.warmup):
                 model(x)
-        for _ in range(args.repeats):
-            for name, model in models.items():
+        for repeat in range(args.repeats):
+            for name in rotated(list(models), repeat):
+                model = models[name]
                 start = time.perf_counter()
                 model(x)
                 times[name].append(time.perf_counter() - start)
