@@ -47,3 +47,11 @@ def test_convnextv2_atto_stages(atto):
         assert_close(model(x), adapted, rtol=1e-4)
         unmerge_adapters(model)
         assert_close(model(x), adapted, rtol=1e-4)
+
+
+def test_conv2d_same_is_rejected_with_a_clear_error():
+    model = torch.nn.Sequential(timm.layers.Conv2dSame(3, 8, 3, stride=2))
+    with pytest.raises(ValueError) as info:
+        inject_adapters(model, {'type': 'FLoRA', 'rank': 2})
+    assert "'0'" in str(info.value) and 'Conv2dSame overrides forward()' in str(info.value)
+    assert '(8, 3, 3, 3)' in str(info.value)
