@@ -65,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--img-size', type=int, default=224)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--inference-repeats', type=int, default=None,
+                        help='forward-only repeats (default: 3 x --repeats, they are cheap)')
     parser.add_argument('--rank', type=int, default=8, help='FLoRA channel rank')
     parser.add_argument('--kernel-rank', type=int, default=2, help='FLoRA spatial rank')
     parser.add_argument('--memory-steps', type=int, default=2)
@@ -217,7 +219,7 @@ def bench_inference(arch: str, ranks: dict, args: argparse.Namespace) -> dict:
         for model in models.values():
             for _ in range(args.warmup):
                 model(x)
-        for repeat in range(args.repeats):
+        for repeat in range(args.inference_repeats or 3 * args.repeats):
             for name in rotated(list(models), repeat):
                 model = models[name]
                 start = time.perf_counter()
