@@ -62,7 +62,7 @@ class Settings:
     cells: list = field(default_factory=lambda: [
         'flora@b1', 'lora@b1', 'frozen', 'full', 'bitfit', 'dora@b1', 'flora@b2', 'lora@b2',
         'dora@b2'])
-    iters: int = 40
+    iters: int = 150
     batch: int = 4
     lr: float = 2e-3
     img_size: int = 64
@@ -106,6 +106,15 @@ def run_order(settings: Settings) -> list[tuple[str, str, int]]:
     groups.append([c for c in cells if not any(c in g for g in groups)])
     return [(task, cell, seed) for group in groups for seed in settings.seeds
             for cell in group if cell in cells for task in settings.tasks]
+
+
+def display_key(cell: str) -> tuple:
+    """Table 1 order: frozen, full, BitFit, then per budget LoRA, DoRA, FLoRA (+ sweep)."""
+    if cell in POLICY_CELLS:
+        return (0, list(POLICY_CELLS).index(cell), '', 0.0)
+    method, rest = cell.split('@')
+    scale = float(rest.split('-s')[1]) if '-s' in rest else 0.0
+    return (1, rest.split('-')[0], ADAPTERS.index(method), scale)
 
 
 def cell_scale(cell: str, settings: Settings) -> float:
@@ -387,7 +396,7 @@ def write_plot(summary: dict, path: str) -> None:
     tasks = [t for t in TASKS if t in cells]
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        names = list(cells[task])
+        names = sorted(cells[task], key=display_key)
         means = [cells[task][n]['mean'] for n in names]
         stds = [cells[task][n]['std'] for n in names]
         colors = ['tab:red' if n.startswith('flora') else 'tab:blue' if n.startswith('lora')
