@@ -441,6 +441,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='e.g. frozen full bitfit flora@b1 lora@b2 dora@b1')
     parser.add_argument('--iters', type=int)
     parser.add_argument('--num-train', type=int)
+    parser.add_argument('--lr', type=float, help='AdamW learning rate (default 2e-3)')
     parser.add_argument('--pretrain-iters', type=int)
     parser.add_argument('--report-only', action='store_true',
                         help='only summarize the runs finished so far (no training)')
@@ -452,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Run (or resume) the experiment and write its reports; returns the summary."""
     args = parse_args(argv)
     overrides = dict(QUICK) if args.quick else {}
-    for key in ('seeds', 'tasks', 'cells', 'iters', 'num_train', 'pretrain_iters'):
+    for key in ('seeds', 'tasks', 'cells', 'iters', 'num_train', 'lr', 'pretrain_iters'):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     settings = Settings(**overrides, sweep_scale=args.sweep_scale)
