@@ -83,10 +83,16 @@ def load_adapter_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor],
     return IncompatibleKeys(missing, unexpected)
 
 
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Write via a temporary file in the same directory and ``os.replace`` it into place, so
-    an interrupted save never leaves a truncated ``path``."""
+    an interrupted save never leaves a truncated ``path``.
+
+    Args:
+        path: Destination file; its directory is created if needed.
+        write: Called with the temporary file's path; writes the whole content there.
+    """
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
     os.close(fd)
     try:
@@ -131,7 +137,7 @@ def save_adapters(model: nn.Module, path: str) -> None:
     tensors = {k: v.detach().to('cpu', copy=True).contiguous()
                for k, v in adapter_state_dict(model).items()}
     metadata = {'format': 'pt', 'flora_mm_version': __version__}
-    _atomic_write(os.path.join(path, ADAPTER_WEIGHTS_NAME),
+    atomic_write(os.path.join(path, ADAPTER_WEIGHTS_NAME),
                   lambda tmp: _safetensors().save_file(tensors, tmp, metadata=metadata))
     config = {'flora_mm_version': __version__, 'format_version': FORMAT_VERSION,
               'layers': {name: layer.adapter_config for name, layer in layers.items()}}
@@ -140,7 +146,7 @@ def save_adapters(model: nn.Module, path: str) -> None:
         with open(tmp, 'w') as f:
             json.dump(config, f, indent=2, sort_keys=True)
 
-    _atomic_write(os.path.join(path, ADAPTER_CONFIG_NAME), write_json)
+    atomic_write(os.path.join(path, ADAPTER_CONFIG_NAME), write_json)
 
 
 def load_adapters(model: nn.Module, path: str) -> dict[str, nn.Module]:

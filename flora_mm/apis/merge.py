@@ -1,13 +1,13 @@
 """Fold trained adapters into the base weights: a plain checkpoint for the un-adapted model."""
 import copy
 import os
-import tempfile
 from typing import List, Optional
 
 import torch
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
+from flora_mm.adapters import atomic_write, count_adapter_params, merge_adapters
 from .launch import load_config, register_task_modules
 
 HOOK_TYPES = ('FLoRAHook', 'flora_mm.FLoRAHook')
@@ -83,7 +83,6 @@ def merge_checkpoint(config: str, checkpoint: str, out: str,
     """
     from mmengine.runner.checkpoint import _load_checkpoint
 
-    from flora_mm.adapters import count_adapter_params, merge_adapters
     from flora_mm.engine.hooks import FLoRAHook, fill_frozen, is_adapter_only
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist')
@@ -125,22 +124,6 @@ def merge_checkpoint(config: str, checkpoint: str, out: str,
     meta = dict(ckpt.get('meta') or {})
     meta.pop('flora_mm', None)
     meta['flora_mm_merged'] = dict(source=os.path.abspath(checkpoint), merged_layers=layers)
-    _atomic_save(dict(meta=meta, state_dict=state), out)
+    atomic_write(out, lambda tmp: torch.save(dict(meta=meta, state_dict=state), tmp))
     return dict(merged_layers=layers, num_tensors=len(state))
 
-
-def _atomic_save(obj: dict, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.',
-                               suffix='.tmp')
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -39,16 +39,14 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..')))
-from flora_mm.adapters import adapter_layers, count_adapter_params, freeze_base, \
-    inject_adapters, merge_adapters, solve_rank  # noqa: E402
+from flora_mm.adapters import adapter_layers, atomic_write, count_adapter_params, freeze_base, \
+    inject_adapters, merge_adapters, solve_rank
 
 METHODS = ('frozen', 'flora_auto', 'flora_factorized', 'flora_merged', 'lora', 'dora', 'full')
 TARGETS = [r'stages\..*']
@@ -261,11 +259,11 @@ def _fmt(value, width=7) -> str:
 
 
 def write_json(path: str, data: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    def dump(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            json.dump(data, f, indent=2)
+
+    atomic_write(path, dump)
 
 
 def main(argv=None) -> None:

@@ -1,12 +1,5 @@
-# Table 1, DoRA row "51.95M" (here 52.05M): DoRA (alpha = rank, i.e. scale 1) on the
-# same backbone layers as FLoRA; convs are adapted through their (out, in*k*k) matrix.
-_base_ = '../../flora/mask-rcnn/mask-rcnn_convnextv2-l-flora-r42_fpn_1x_coco.py'
+# Table 1, DoRA row "51.95M" (here 52.05M): the DoRA r42 config with a larger rank
+# (alpha = rank keeps the scale at 1).
+_base_ = './mask-rcnn_convnextv2-l-dora-r42_fpn_1x_coco.py'
 
-model = dict(
-    backbone=dict(
-        adapter=dict(
-            _delete_=True,
-            type='DoRA',
-            rank=181,
-            alpha=181,
-            targets={{_base_.adapter_targets}})))
+model = dict(backbone=dict(adapter=dict(rank=181, alpha=181)))

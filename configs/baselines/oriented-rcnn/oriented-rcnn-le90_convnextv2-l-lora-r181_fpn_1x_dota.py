@@ -1,12 +1,5 @@
-# Table 1, LoRA row "51.78M" (here 51.88M): LoRA (alpha = rank, i.e. scale 1) on the
-# same backbone layers as FLoRA; convs are adapted through their (out, in*k*k) matrix.
-_base_ = '../../flora/oriented-rcnn/oriented-rcnn-le90_convnextv2-l-flora-r42_fpn_1x_dota.py'
+# Table 1, LoRA row "51.78M" (here 51.88M): the LoRA r42 config with a larger rank
+# (alpha = rank keeps the scale at 1).
+_base_ = './oriented-rcnn-le90_convnextv2-l-lora-r42_fpn_1x_dota.py'
 
-model = dict(
-    backbone=dict(
-        adapter=dict(
-            _delete_=True,
-            type='LoRA',
-            rank=181,
-            alpha=181,
-            targets={{_base_.adapter_targets}})))
+model = dict(backbone=dict(adapter=dict(rank=181, alpha=181)))
