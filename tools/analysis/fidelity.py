@@ -415,8 +415,10 @@ def write_curves(results: list[dict], out: str) -> list[str]:
     from plot_adapter_curves import plot_runs
     paths = []
     for task in TASKS:
-        runs = {r['cell']: r['log_dir'] for r in results
-                if r['task'] == task and r['seed'] == min(x['seed'] for x in results)
+        seed = min(r['seed'] for r in results)
+        # The run's work dir, not the recorded log_dir, so that a moved output folder works.
+        runs = {r['cell']: osp.join(out, 'runs', task, r['cell'], f'seed{seed}')
+                for r in results if r['task'] == task and r['seed'] == seed
                 and r['cell'] in ('flora@b1', 'lora@b1', 'dora@b1')}
         if runs:
             path = osp.join(out, f'curves_{task}.png')
