@@ -25,7 +25,6 @@ LoRA at the first budget, all seeds) finishes first.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import math
