@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from flora_mm.analysis.curves import read_curves
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
@@ -61,16 +63,15 @@ def test_reports_are_written_and_numeric(fidelity_run):
 
 def test_analysis_hook_curves_start_at_zero_and_grow(fidelity_run):
     root, _ = fidelity_run
-    curves = _load_tool('plot_adapter_curves')
     for cell in ('flora@b1', 'lora@b1'):
         result = json.loads((root / 'out' / 'runs' / 'ade' / cell / 'seed0' /
                              'result.json').read_text())
-        data = curves.read_curves(result['log_dir'])
+        data = read_curves(result['log_dir'])
         steps, norms = data['delta_norm']
         _, amps = data['amplification']
         assert steps == [0, 4]  # before training, then every 4 iterations (quick mode)
         assert norms[0] == 0.0 and amps[0] == 0.0  # zero core / zero B at initialization
         assert norms[-1] > 0 and math.isfinite(norms[-1])
         assert amps[-1] > 0 and math.isfinite(amps[-1])
-        stage = curves.read_curves(result['log_dir'], 'stage3')['delta_norm'][1]
+        stage = read_curves(result['log_dir'], 'stage3')['delta_norm'][1]
         assert stage[-1] > 0

@@ -30,17 +30,14 @@ import json
 import math
 import os
 import os.path as osp
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # plot_adapter_curves
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+import torch
 
-import torch  # noqa: E402
-
-from flora_mm.analysis.source_domain import make_topdown_ade, pretrain_source  # noqa: E402
-from flora_mm.analysis.stats import mean_std, paired_ttest  # noqa: E402
+from flora_mm.analysis.curves import plot_runs
+from flora_mm.analysis.source_domain import make_topdown_ade, pretrain_source
+from flora_mm.analysis.stats import mean_std, paired_ttest
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 BASE_CONFIG = osp.join(REPO, 'configs/demo/upernet_convnextv2-atto-flora_tiny-ade.py')
@@ -411,7 +408,6 @@ def write_plot(summary: dict, path: str) -> None:
 
 def write_curves(results: list[dict], out: str) -> list[str]:
     """Fig. 4-like curves of the first seed's FLoRA / LoRA / DoRA runs at budget b1."""
-    from plot_adapter_curves import plot_runs
     paths = []
     for task in TASKS:
         seed = min(r['seed'] for r in results)

@@ -9,12 +9,8 @@ Output (deterministic for a given seed and sizes):
 """
 import argparse
 import json
-import os.path as osp
-import sys
 
-sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), '..', '..'))
-
-from flora_mm.testing.tiny_datasets import make_all  # noqa: E402
+from flora_mm.testing.tiny_datasets import make_all
 
 
 def parse_args() -> argparse.Namespace:
