@@ -2,11 +2,10 @@
 pretrained weights can be downloaded here) and a domain-shifted target set.
 
 * Source domain: front-view outdoor scenes (sky, grass/road, buildings, trees, cars) drawn by
-  the tiny ADE20K generator, pre-trained as dense segmentation. The in-domain fine-tuning task
-  (the tiny ADE20K set) comes from the same distribution, like ImageNet -> COCO.
-* Shifted domain: top-down views (DOTA-like) of rotated airplanes, ships and trucks on water or
-  bare earth: new viewpoint, new objects, new textures, the same ADE20K on-disk format and label
-  values, so the same mmseg pipeline fine-tunes on both.
+  the tiny ADE20K generator, pre-trained as dense segmentation. The in-domain task detects the
+  buildings, trees and cars of the same scenes (COCO format, mmdet), like ImageNet -> COCO.
+* Shifted domain: top-down views (DOTA format, mmrotate) of rotated planes, ships and large
+  vehicles on water or bare earth: new viewpoint, new objects, new textures.
 """
 from __future__ import annotations
 
@@ -21,7 +20,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
 
 from flora_mm.testing import tiny_datasets as tiny
 
@@ -31,67 +29,125 @@ STD = (58.395, 57.12, 57.375)
 # Source classes: the tiny ADE label values (0 = unlabelled -> ignored).
 SOURCE_LABELS = tuple(sorted(tiny.TINY_ADE_LABELS.values()))
 IGNORE = 255
-# Shifted domain, ADE20K label values (class index + 1): grounds and top-down objects.
-TOPDOWN_LABELS = {'earth': 14, 'water': 22, 'truck': 84, 'airplane': 91, 'ship': 104}
-_TOPDOWN_OBJECTS = {'plane': 'airplane', 'ship': 'ship', 'large-vehicle': 'truck'}
-# Textures of the shifted objects differ from the DOTA generator's, none occurs in the source.
+# In-domain detection classes: the source scenes' objects.
+SCENE_CLASSES = ('building', 'tree', 'car')
+# Objects hidden down to fewer visible pixels are not annotated.
+MIN_VISIBLE_PIXELS = 12
+# Shifted domain: the tiny DOTA classes, drawn OBJECT_ZOOM x larger than the DOTA generator
+# (at 64 px its trucks are 4 px wide, too small to learn in a CPU-sized schedule) and with
+# textures that never occur in the source.
 OBJECT_ZOOM = 1.6
-_TOPDOWN_STYLE = {'airplane': ((225, 225, 235), 'grain'), 'ship': ((70, 60, 90), 'checker'),
-                  'truck': ((235, 160, 40), 'stripes')}
+_TOPDOWN_STYLE = {'plane': ((225, 225, 235), 'grain'), 'ship': ((70, 60, 90), 'checker'),
+                  'large-vehicle': ((235, 160, 40), 'stripes')}
 
 
-def _topdown_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One top-down image and its ADE label map."""
-    water = rng.random() < 0.5
-    ground = 'water' if water else 'earth'
-    img = tiny._background(rng, size, (40, 80, 130) if water else (150, 120, 85),
-                           amplitude=30 if water else 60)
-    label = np.full((size, size), TOPDOWN_LABELS[ground], np.uint8)
-    count = int(rng.integers(2, 5))
-    kinds = [tiny.TINY_DOTA_CLASSES[k] for k in rng.integers(0, 3, count)]
-    # Objects OBJECT_ZOOM x the DOTA generator's size: at 64 px its trucks are 4 px wide,
-    # too small to be learned in a CPU-sized schedule.
-    shapes = [tiny._dota_object(k, int(size * OBJECT_ZOOM), rng) for k in kinds]
-    radii = [math.hypot(s[1], s[2]) / 2 for s in shapes]
-    for kind, shape, (cx, cy) in zip(kinds, shapes, tiny._place(rng, size, radii)):
-        name = _TOPDOWN_OBJECTS[kind]
-        color, texture = _TOPDOWN_STYLE[name]
-        mask = tiny._polygon_mask(size, tiny._rotated(shape[0], cx, cy, rng.uniform(0, math.pi)))
-        tiny._paint(img, mask, tiny._texture(texture, size, color, rng.uniform(0, 8)))
-        label[mask] = TOPDOWN_LABELS[name]
-    img += rng.normal(0., 4., img.shape)
-    return img, label
+def make_scene_coco(root: str, num_train: int = 32, num_val: int = 16, img_size: int = 96,
+                    seed: int = 0) -> dict:
+    """Write the in-domain detection set: source scenes with COCO boxes of their objects.
 
-
-def make_topdown_ade(root: str, num_train: int = 32, num_val: int = 16, img_size: int = 128,
-                     seed: int = 0) -> dict:
-    """Write the shifted domain as an ADEChallengeData2016-style set under ``root``.
+    ``{train,val}2017/*.jpg`` and ``annotations/instances_{train,val}2017.json`` with the
+    categories ``SCENE_CLASSES`` (ids 1..3); a box covers the visible part of a building, tree
+    or car (others may hide it), objects with fewer than ``MIN_VISIBLE_PIXELS`` are left out.
 
     Args:
-        root: Output folder (holds ``images/`` and ``annotations/``).
+        root: Output folder (a ``data/coco``-style root).
         num_train: Training images.
         num_val: Validation images.
         img_size: Square image side in pixels.
         seed: Seed; the same arguments always give the same files.
 
     Returns:
-        ``{'root', 'train': {'num_images', 'pixels': {label: count}}, 'val': {...}}``.
+        ``{'root', 'classes', 'train': {'num_images', 'per_class'}, 'val': {...}}``.
     """
-    summary: dict = {'root': root}
-    for split_idx, (split, folder, num) in enumerate(
-            (('train', 'training', num_train), ('val', 'validation', num_val))):
-        rng = np.random.default_rng([seed, 7, split_idx])
-        pixels: dict[int, int] = {}
+    summary: dict = {'root': root, 'classes': SCENE_CLASSES}
+    for split_idx, (split, num) in enumerate((('train', num_train), ('val', num_val))):
+        rng = np.random.default_rng([seed, 5, split_idx])
+        images, annotations = [], []
+        per_class = dict.fromkeys(SCENE_CLASSES, 0)
         for i in range(num):
-            img, label = _topdown_scene(rng, img_size)
-            name = f'ADE_{folder[:5]}_{i:08d}'
-            tiny._save_rgb(img, osp.join(root, 'images', folder, name + '.jpg'))
-            ann = osp.join(root, 'annotations', folder, name + '.png')
+            instances: list = []
+            img, label = tiny._ade_scene(rng, img_size, instances)
+            img_id = i + 1
+            for cls, mask in instances:
+                ys, xs = np.nonzero(mask & (label == tiny.TINY_ADE_LABELS[cls]))
+                if len(xs) < MIN_VISIBLE_PIXELS:
+                    continue
+                x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+                annotations.append(dict(
+                    id=len(annotations) + 1, image_id=img_id,
+                    category_id=SCENE_CLASSES.index(cls) + 1, iscrowd=0, area=int(len(xs)),
+                    bbox=[int(x0), int(y0), int(x1 - x0), int(y1 - y0)]))
+                per_class[cls] += 1
+            file_name = f'{img_id:012d}.jpg'
+            tiny._save_rgb(img, osp.join(root, f'{split}2017', file_name))
+            images.append(dict(id=img_id, file_name=file_name, height=img_size,
+                               width=img_size))
+        ann_file = osp.join(root, 'annotations', f'instances_{split}2017.json')
+        os.makedirs(osp.dirname(ann_file), exist_ok=True)
+        with open(ann_file, 'w') as f:
+            json.dump(dict(images=images, annotations=annotations,
+                           categories=[dict(id=k + 1, name=name)
+                                       for k, name in enumerate(SCENE_CLASSES)]), f)
+        summary[split] = {'num_images': num, 'per_class': per_class}
+    return summary
+
+
+def _topdown_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[str]]:
+    """One top-down image and its DOTA annotation lines."""
+    water = rng.random() < 0.5
+    img = tiny._background(rng, size, (40, 80, 130) if water else (150, 120, 85),
+                           amplitude=30 if water else 60)
+    count = int(rng.integers(2, 5))
+    kinds = [tiny.TINY_DOTA_CLASSES[k] for k in rng.integers(0, 3, count)]
+    shapes = [tiny._dota_object(k, int(size * OBJECT_ZOOM), rng) for k in kinds]
+    radii = [math.hypot(s[1], s[2]) / 2 for s in shapes]
+    lines = []
+    for kind, (outline, length, width, _, _), (cx, cy) in zip(
+            kinds, shapes, tiny._place(rng, size, radii)):
+        color, texture = _TOPDOWN_STYLE[kind]
+        angle = rng.uniform(0, math.pi)
+        mask = tiny._polygon_mask(size, tiny._rotated(outline, cx, cy, angle))
+        tiny._paint(img, mask, tiny._texture(texture, size, color, rng.uniform(0, 8)))
+        half_l, half_w = length / 2, width / 2
+        corners = tiny._rotated(np.array([[-half_l, -half_w], [half_l, -half_w],
+                                          [half_l, half_w], [-half_l, half_w]], np.float32),
+                                cx, cy, angle)
+        lines.append(' '.join(f'{v:.1f}' for v in corners.reshape(-1)) + f' {kind} 0')
+    img += rng.normal(0., 4., img.shape)
+    return img, lines
+
+
+def make_topdown_dota(root: str, num_train: int = 32, num_val: int = 16, img_size: int = 96,
+                      seed: int = 0) -> dict:
+    """Write the shifted domain as a split_ss_dota-style oriented detection set.
+
+    ``{train,val}/images/*.png`` and ``{train,val}/annfiles/*.txt`` (four corners, class,
+    difficulty 0) of rotated planes, ships and large vehicles on water or bare earth.
+
+    Args:
+        root: Output folder (a ``data/split_ss_dota``-style root).
+        num_train: Training images.
+        num_val: Validation images.
+        img_size: Square image side in pixels.
+        seed: Seed; the same arguments always give the same files.
+
+    Returns:
+        ``{'root', 'classes', 'train': {'num_images', 'num_instances'}, 'val': {...}}``.
+    """
+    summary: dict = {'root': root, 'classes': tiny.TINY_DOTA_CLASSES}
+    for split_idx, (split, num) in enumerate((('train', num_train), ('val', num_val))):
+        rng = np.random.default_rng([seed, 7, split_idx])
+        instances = 0
+        for i in range(num):
+            img, lines = _topdown_scene(rng, img_size)
+            name = f'P{split_idx:01d}{i:03d}__1024__0___0'
+            tiny._save_rgb(img, osp.join(root, split, 'images', name + '.png'))
+            ann = osp.join(root, split, 'annfiles', name + '.txt')
             os.makedirs(osp.dirname(ann), exist_ok=True)
-            Image.fromarray(label).save(ann)
-            for value, n in zip(*np.unique(label, return_counts=True)):
-                pixels[int(value)] = pixels.get(int(value), 0) + int(n)
-        summary[split] = {'num_images': num, 'pixels': pixels}
+            with open(ann, 'w') as f:
+                f.write('\n'.join(lines) + '\n')
+            instances += len(lines)
+        summary[split] = {'num_images': num, 'num_instances': instances}
     return summary
 
 

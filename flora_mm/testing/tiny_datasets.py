@@ -18,7 +18,7 @@ import json
 import math
 import os
 import os.path as osp
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -238,8 +238,14 @@ def make_coco(root: str, num_train: int = 16, num_val: int = 8, img_size: int = 
 # --------------------------------------------------------------------------------------------
 # ADE20K semantic segmentation
 # --------------------------------------------------------------------------------------------
-def _ade_scene(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray]:
-    """An outdoor scene: sky over grass or road, buildings and trees on the horizon, cars."""
+def _ade_scene(rng: np.random.Generator, size: int,
+               instances: Optional[List[Tuple[str, np.ndarray]]] = None
+               ) -> Tuple[np.ndarray, np.ndarray]:
+    """An outdoor scene: sky over grass or road, buildings and trees on the horizon, cars.
+
+    If ``instances`` is given, ``(class, drawn mask)`` of every building, tree and car is
+    appended to it, in drawing order (later ones may hide earlier ones).
+    """
     label = np.zeros((size, size), np.uint8)
     horizon = int(rng.uniform(0.4, 0.6) * size)
     yy = np.mgrid[:size, :size][0].astype(np.float32)
@@ -268,11 +274,15 @@ def _ade_scene(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndar
         _paint(img, mask, _texture('grid', size, rng.uniform(170, 200) * np.array(
             [1., 0.85, 0.65]), rng.uniform(0, 7)))
         label[mask] = TINY_ADE_LABELS['building']
+        if instances is not None:
+            instances.append(('building', mask))
     for _ in range(int(rng.integers(1, 3))):
         r = rng.uniform(0.07, 0.12) * size
         mask = _polygon_mask(size, _circle(rng.uniform(r, size - r), horizon - r * 0.6, r))
         _paint(img, mask, _texture('grain', size, (25, 95, 30), rng.uniform(0, 6)))
         label[mask] = TINY_ADE_LABELS['tree']
+        if instances is not None:
+            instances.append(('tree', mask))
     for _ in range(int(rng.integers(0, 3))):
         w, h = rng.uniform(0.14, 0.2) * size, rng.uniform(0.07, 0.1) * size
         x0, y0 = rng.uniform(0, size - w), rng.uniform(horizon + 2, size - h)
@@ -280,6 +290,8 @@ def _ade_scene(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndar
         mask = _polygon_mask(size, poly)
         _paint(img, mask, _texture('solid', size, (200, 30, 35), 0.))
         label[mask] = TINY_ADE_LABELS['car']
+        if instances is not None:
+            instances.append(('car', mask))
     # unlabelled clutter, value 0 ("other"), ignored by reduce_zero_label as in real ADE20K
     r = rng.uniform(0.03, 0.06) * size
     mask = _polygon_mask(size, _circle(*rng.uniform(r, size - r, 2), r, n=6))

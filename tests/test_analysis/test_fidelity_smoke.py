@@ -1,4 +1,4 @@
-"""A reduced fidelity run through the real mmseg pipeline: the reports are written and numeric,
+"""A reduced fidelity run through the real mmdet and mmrotate pipelines: the reports are written and numeric,
 and the AdapterAnalysisHook curves behave (FLoRA / LoRA start at exactly 0 and grow).
 
 Asserts nothing about which method wins.
@@ -30,7 +30,7 @@ def fidelity_run(tmp_path_factory):
     root = tmp_path_factory.mktemp('fidelity')
     tool = _load_tool('fidelity')
     summary = tool.main(['--quick', '--root', str(root), '--out', str(root / 'out'),
-                         '--tasks', 'ade', 'topdown', '--cells', 'frozen', 'lora@b1',
+                         '--tasks', 'scenes', 'topdown', '--cells', 'frozen', 'lora@b1',
                          'flora@b1', '--iters', '6', '--pretrain-iters', '4', '--num-train',
                          '4'])
     return root, summary
@@ -39,7 +39,7 @@ def fidelity_run(tmp_path_factory):
 def test_reports_are_written_and_numeric(fidelity_run):
     root, summary = fidelity_run
     out = root / 'out'
-    for name in ('results.json', 'table.md', 'results.png', 'curves_ade.png',
+    for name in ('results.json', 'table.md', 'results.png', 'curves_scenes.png',
                  'curves_topdown.png'):
         assert (out / name).stat().st_size > 0, name
     saved = json.loads((out / 'results.json').read_text())
@@ -47,7 +47,7 @@ def test_reports_are_written_and_numeric(fidelity_run):
     # LoRA's rank was solved to FLoRA's budget: within one LoRA rank step of it.
     assert abs(budgets['lora']['params'] - budgets['budget']) < budgets['lora']['params'] / \
         budgets['lora']['rank']
-    for task in ('ade', 'topdown'):
+    for task in ('scenes', 'topdown'):
         cells = saved['cells'][task]
         assert set(cells) == {'frozen', 'lora@b1', 'flora@b1'}
         for cell in cells.values():
@@ -64,7 +64,7 @@ def test_reports_are_written_and_numeric(fidelity_run):
 def test_analysis_hook_curves_start_at_zero_and_grow(fidelity_run):
     root, _ = fidelity_run
     for cell in ('flora@b1', 'lora@b1'):
-        result = json.loads((root / 'out' / 'runs' / 'ade' / cell / 'seed0' /
+        result = json.loads((root / 'out' / 'runs' / 'scenes' / cell / 'seed0' /
                              'result.json').read_text())
         data = read_curves(result['log_dir'])
         steps, norms = data['delta_norm']

@@ -29,7 +29,7 @@ ATTO_CHANNELS = [40, 80, 160, 320]
 
 def test_config_set_is_complete():
     """Table 1 (3 tasks x FLoRA/LoRA/DoRA at 3 budgets, BitFit, full FT, frozen base) and the
-    Fig. 3 / Fig. 5 sweeps and the demos are all there."""
+    Fig. 3 / Fig. 5 sweeps, the demos and the fidelity experiment's configs are all there."""
     names = [osp.basename(c) for c in CONFIGS]
     for task in ('mask-rcnn_', 'upernet_', 'oriented-rcnn-le90_'):
         for method in ('flora', 'lora', 'dora'):
@@ -39,6 +39,7 @@ def test_config_set_is_complete():
             assert sum(n.startswith(task) and f'-{method}_' in n for n in names) == 1
     assert sum('-s0.' in n for n in names) == 2
     assert len([c for c in CONFIGS if c.startswith('configs/demo/')]) == 3
+    assert len([c for c in CONFIGS if c.startswith('configs/fidelity/')]) == 2
 
 
 def _small(cfg: Config) -> None:
@@ -81,7 +82,10 @@ def test_config_builds(config):
     cfg = Config.fromfile(osp.join(ROOT, config))
     assert cfg.custom_imports == dict(imports=['flora_mm'], allow_failed_imports=False)
     assert cfg.model.backbone.type == 'flora_mm.FLoRAConvNeXtV2'
-    if not config.startswith('configs/demo/'):
+    if config.startswith(('configs/demo/', 'configs/fidelity/')):
+        assert cfg.model.backbone.arch == 'atto'
+        cfg.model.backbone.pretrained = None  # the fidelity tool generates its weights
+    else:
         assert cfg.model.backbone.arch == 'large'
         _small(cfg)
     init_default_scope(cfg.default_scope)

@@ -2,16 +2,16 @@
 
 One command, results under ``--out`` (default ``work_dirs/fidelity/<full|quick>``)::
 
-    python tools/analysis/fidelity.py            # 3 seeds, 9 cells x 2 tasks (about an hour
-                                                 # on 2 free cores)
+    python tools/analysis/fidelity.py            # 3 seeds, 9 cells x 2 tasks
     python tools/analysis/fidelity.py --quick    # smoke test: 1 seed, few iterations
     python tools/analysis/fidelity.py --sweep-scale   # also FLoRA at s in {0.04, 0.4, 4}
 
 1. Pre-trains ``convnextv2_atto`` on a generated source domain (front-view scenes, dense
    segmentation; cached in ``work_dirs/fidelity/pretrain``), saved as a timm state dict.
-2. Fine-tunes it with the real mmseg UperNet pipeline (``configs/demo`` UperNet config, the
-   runner of ``tools/train.py``) on an in-domain task (tiny ADE20K-style scenes) and a shifted
-   one (top-down rotated airplanes / ships / trucks with new textures, DOTA-like), with: frozen
+2. Fine-tunes it through the real detection pipelines (``configs/fidelity``, the runner of
+   ``tools/train.py``) on an in-domain task (mmdet RetinaNet detecting the buildings, trees and
+   cars of the source scenes, COCO box AP) and a shifted one (mmrotate Rotated RetinaNet on
+   top-down rotated planes / ships / large vehicles with new textures, DOTA mAP), with: frozen
    backbone, BitFit, full fine-tuning, and LoRA / DoRA / FLoRA at two budgets matched with
    ``solve_rank`` to FLoRA's parameter count.
 3. Writes ``results.json``, ``table.md`` (Table 1 layout, mean +- std, paired t-test FLoRA vs
@@ -20,7 +20,7 @@ One command, results under ``--out`` (default ``work_dirs/fidelity/<full|quick>`
 
 Every finished run is cached (``runs/<task>/<cell>/seed<k>/result.json``), so an interrupted
 experiment resumes where it stopped, and runs are ordered so that the main comparison (FLoRA vs
-LoRA at the first budget, all seeds) finishes first.
+LoRA at the first budget, all seeds) finishes first. ``--jobs 2`` runs two trainings at a time.
 """
 from __future__ import annotations
 
@@ -31,18 +31,43 @@ import math
 import os
 import os.path as osp
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 
 import torch
 
 from flora_mm.analysis.curves import plot_runs
-from flora_mm.analysis.source_domain import make_topdown_ade, pretrain_source
+from flora_mm.analysis.source_domain import pretrain_source
 from flora_mm.analysis.stats import mean_std, paired_ttest
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-BASE_CONFIG = osp.join(REPO, 'configs/demo/upernet_convnextv2-atto-flora_tiny-ade.py')
-TASKS = {'ade': 'in-domain (front-view scenes)', 'topdown': 'shifted (top-down, rotated)'}
-METRIC = 'mIoU'
+
+
+@dataclass(frozen=True)
+class Task:
+    """One fine-tuning task: its config, data generator and reported metric."""
+
+    title: str
+    config: str
+    metric_key: str  # the evaluator's key; reported x100
+    metric_name: str
+
+    def make_data(self, root: str, num_train: int, num_val: int, img_size: int) -> dict:
+        from flora_mm.analysis import source_domain
+        maker = (source_domain.make_scene_coco if self.metric_key.startswith('coco')
+                 else source_domain.make_topdown_dota)
+        return maker(root, num_train=num_train, num_val=num_val, img_size=img_size, seed=0)
+
+
+TASKS = {
+    'scenes': Task('in-domain (front-view scenes, mmdet RetinaNet)',
+                   'configs/fidelity/retinanet_convnextv2-atto-flora_fpn_scenes-coco.py',
+                   'coco/bbox_mAP', 'box AP'),
+    'topdown': Task('shifted (top-down, rotated; mmrotate Rotated RetinaNet)',
+                    'configs/fidelity/rotated-retinanet-le90_convnextv2-atto-flora_fpn_'
+                    'topdown-dota.py', 'dota/mAP', 'mAP50'),
+}
 SCALES = (0.04, 0.4, 4.0)
 POLICY_CELLS = {'frozen': 'Frozen', 'bitfit': 'BitFit', 'full': 'Full'}
 ADAPTERS = ('lora', 'dora', 'flora')
@@ -58,24 +83,25 @@ class Settings:
     cells: list = field(default_factory=lambda: [
         'flora@b1', 'lora@b1', 'frozen', 'full', 'bitfit', 'dora@b1', 'flora@b2', 'lora@b2',
         'dora@b2'])
-    iters: int = 150
+    iters: int = 400
     batch: int = 4
     lr: float = 2e-3
-    img_size: int = 64
-    num_train: int = 32
-    num_val: int = 16
+    img_size: int = 96
+    num_train: int = 96
+    num_val: int = 48
     flora_ranks: tuple = (4, 16)  # FLoRA channel ranks defining budgets b1, b2
     kernel_rank: int = 2
     flora_scale: float = 4.0
     sweep_scale: bool = False
-    analysis_interval: int = 10
+    analysis_interval: int = 20
     pretrain_iters: int = 100
     pretrain_batch: int = 16
+    pretrain_img_size: int = 64
 
     def run_key(self) -> str:
         """Hash of the settings a single run depends on (not seeds / cells / sweep)."""
         keys = ('iters', 'batch', 'lr', 'img_size', 'num_train', 'num_val', 'kernel_rank',
-                'analysis_interval', 'pretrain_iters', 'pretrain_batch')
+                'analysis_interval', 'pretrain_iters', 'pretrain_batch', 'pretrain_img_size')
         blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
@@ -163,54 +189,45 @@ def adapter_for(cell: str, settings: Settings, budgets: dict, targets: list[str]
 # ------------------------------------------------------------------------------------ data
 def prepare_data(root: str, settings: Settings) -> dict:
     """Generate both fine-tuning sets (deterministic; regenerated only when missing)."""
-    from flora_mm.testing.tiny_datasets import make_ade20k
     roots = {}
     for task in settings.tasks:
         path = osp.join(root, f'{task}_{settings.img_size}px_{settings.num_train}'
                               f'x{settings.num_val}')
-        if not osp.exists(osp.join(path, 'annotations', 'validation')):
-            maker = make_ade20k if task == 'ade' else make_topdown_ade
-            maker(path, num_train=settings.num_train, num_val=settings.num_val,
-                  img_size=settings.img_size, seed=0)
-        roots[task] = path
+        done = osp.join(path, '.complete')
+        if not osp.exists(done):
+            TASKS[task].make_data(path, settings.num_train, settings.num_val, settings.img_size)
+            open(done, 'w').close()
+        roots[task] = path + '/'
     return roots
 
 
 # ------------------------------------------------------------------------------------ runs
-def build_config(data_root: str, adapter: dict, seed: int, settings: Settings,
+def build_config(task: str, data_root: str, adapter: dict, seed: int, settings: Settings,
                  pretrained: str, work_dir: str):
-    """The mmseg UperNet demo config, resized for the experiment."""
+    """The task's ``configs/fidelity`` config, pointed at this run's data, weights and adapter.
+
+    The schedule is set here: AdamW, linear warm-up then poly decay over ``settings.iters``,
+    an infinite sampler (no epoch-end pause), and no validation (one test pass gives the
+    metric).
+    """
     from mmengine.config import ConfigDict
     from flora_mm.apis import load_config
-    cfg = load_config(BASE_CONFIG, work_dir=work_dir)
-    crop = (settings.img_size, settings.img_size)
-    cfg.model.data_preprocessor.size = crop
+    cfg = load_config(osp.join(REPO, TASKS[task].config), work_dir=work_dir)
     cfg.model.backbone.pretrained = pretrained
     cfg.model.backbone.adapter = ConfigDict(adapter)
-    cfg.model.decode_head.channels = 32
-    train_pipeline = [
-        dict(type='LoadImageFromFile'),
-        dict(type='LoadAnnotations', reduce_zero_label=True),
-        dict(type='RandomResize', scale=crop, ratio_range=(1.0, 1.5), keep_ratio=True),
-        dict(type='RandomCrop', crop_size=crop, cat_max_ratio=0.75),
-        dict(type='RandomFlip', prob=0.5),
-        dict(type='PackSegInputs')]
-    test_pipeline = [
-        dict(type='LoadImageFromFile'),
-        dict(type='Resize', scale=crop, keep_ratio=True),
-        dict(type='LoadAnnotations', reduce_zero_label=True),
-        dict(type='PackSegInputs')]
     cfg.train_dataloader.batch_size = settings.batch
-    cfg.train_dataloader.dataset.data_root = data_root
-    cfg.train_dataloader.dataset.pipeline = train_pipeline
-    for loader in ('val_dataloader', 'test_dataloader'):
+    cfg.train_dataloader.sampler = dict(type='InfiniteSampler', shuffle=True)
+    for loader in ('train_dataloader', 'test_dataloader'):
         cfg[loader].dataset.data_root = data_root
-        cfg[loader].dataset.pipeline = test_pipeline
-    # No validation during training: one test pass at the end gives the metric.
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=settings.iters,
-                         val_interval=settings.iters + 1)
-    cfg.param_scheduler = [dict(type='PolyLR', power=1.0, begin=0, end=settings.iters,
-                                eta_min=0., by_epoch=False)]
+    if 'ann_file' in cfg.test_evaluator:  # COCO evaluates against the json itself
+        cfg.test_evaluator.ann_file = data_root + 'annotations/instances_val2017.json'
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=settings.iters)
+    warmup = max(1, settings.iters // 15)
+    cfg.param_scheduler = [
+        dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=warmup),
+        dict(type='PolyLR', power=1.0, eta_min=0., by_epoch=False, begin=warmup,
+             end=settings.iters)]
     cfg.optim_wrapper.optimizer.lr = settings.lr
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=10 ** 9,
                                         save_last=False)
@@ -219,8 +236,8 @@ def build_config(data_root: str, adapter: dict, seed: int, settings: Settings,
                              interval=settings.analysis_interval)]
     cfg.randomness = dict(seed=seed)
     cfg.experiment_name = f'{osp.basename(osp.dirname(work_dir))}_seed{seed}_{time.time_ns()}'
-    # Visualizers are per-name singletons: mmseg's runtime names it 'visualizer', which would
-    # send every later run's scalars to the first run's vis_data.
+    # Visualizers are per-name singletons: the runtimes name it 'visualizer', which would send
+    # every later run's scalars to the first run's vis_data.
     cfg.visualizer.name = cfg.experiment_name
     return cfg
 
@@ -254,7 +271,7 @@ def run_one(task: str, cell: str, seed: int, data_root: str, settings: Settings,
     from flora_mm.analysis.metrics import model_stats
     from flora_mm.apis import build_runner
     adapter = adapter_for(cell, settings, budgets, targets)
-    cfg = build_config(data_root, adapter, seed, settings, pretrained, work_dir)
+    cfg = build_config(task, data_root, adapter, seed, settings, pretrained, work_dir)
     start = time.time()
     runner = build_runner(cfg)
     runner.train()
@@ -262,8 +279,9 @@ def run_one(task: str, cell: str, seed: int, data_root: str, settings: Settings,
     backbone = runner.model.backbone
     stats = model_stats(backbone)
     result = dict(task=task, cell=cell, seed=seed, adapter=adapter, run_key=settings.run_key(),
-                  metric=float(metrics[METRIC]), metrics={k: float(v) for k, v in
-                                                          metrics.items()},
+                  # mmdet's CocoMetric reports nothing when the model detects nothing
+                  metric=100 * float(metrics.get(TASKS[task].metric_key, 0.0)),
+                  metrics={k: float(v) for k, v in metrics.items()},
                   trainable_backbone=count_adapter_params(backbone)['trainable'],
                   delta_norm=stats.get('delta_norm', {}).get('all', math.nan),
                   amplification=stats.get('amplification', {}).get('all', math.nan),
@@ -295,8 +313,9 @@ def summarize(results: list[dict], settings: Settings, budgets: dict, pretrain: 
                                      per_task[f'lora@{b}']['values'])
                      for b in budgets if f'flora@{b}' in per_task and f'lora@{b}' in per_task}
               for task, per_task in cells.items()}
-    summary = dict(settings=asdict(settings), pretrain=pretrain, budgets=budgets, metric=METRIC,
-                   cells=cells, ttest_flora_vs_lora=ttests)
+    metrics = {t: TASKS[t].metric_name for t in cells}
+    summary = dict(settings=asdict(settings), pretrain=pretrain, budgets=budgets,
+                   metric=metrics, cells=cells, ttest_flora_vs_lora=ttests)
     if settings.sweep_scale:
         summary['scale_sweep'] = scale_sweep(cells, settings)
     return summary
@@ -337,7 +356,8 @@ def write_table(summary: dict, path: str) -> str:
     cells, budgets = summary['cells'], summary['budgets']
     tasks = [t for t in TASKS if t in cells]
     lines = [f"| Method | # Params (backbone, trainable) | "
-             + ' | '.join(f'{t}: {TASKS[t]} {METRIC}' for t in tasks) + ' |',
+             + ' | '.join(f'{t}: {TASKS[t].title}, {TASKS[t].metric_name}' for t in tasks)
+             + ' |',
              '|' + '---|' * (2 + len(tasks))]
 
     def row(label: str, cell: str) -> None:
@@ -355,14 +375,14 @@ def write_table(summary: dict, path: str) -> str:
             row(f"{ADAPTER_TYPES[method]} (r={budgets[b][method]['rank']}, budget {b})",
                 f'{method}@{b}')
     lines.append('')
-    lines.append(f'Paired t-test FLoRA - LoRA per task and budget (seeds paired), {METRIC}:')
+    lines.append('Paired t-test FLoRA - LoRA per task and budget (seeds paired):')
     lines.append('')
     for task, per_budget in summary['ttest_flora_vs_lora'].items():
         for b, t in per_budget.items():
             lines.append(f"- {task} {b}: mean diff {t['mean_diff']:+.2f}, t = {t['t']:.2f}, "
                          f"p = {t['p']:.3g} (n = {t['n']})")
     if 'scale_sweep' in summary:
-        lines += ['', f'FLoRA scale sweep (budget b1), {METRIC} and mean final ||dW||/||W||:',
+        lines += ['', 'FLoRA scale sweep (budget b1), metric and mean final ||dW||/||W||:',
                   '', '| s | ' + ' | '.join(tasks) + ' |', '|' + '---|' * (1 + len(tasks))]
         for s in SCALES:
             vals = []
@@ -399,8 +419,8 @@ def write_plot(summary: dict, path: str) -> None:
                   else 'tab:purple' if n.startswith('dora') else 'tab:gray' for n in names]
         ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
         ax.set_xticks(range(len(names)), names, rotation=45, ha='right')
-        ax.set_ylabel(METRIC)
-        ax.set_title(f'{task}: {TASKS[task]}')
+        ax.set_ylabel(TASKS[task].metric_name)
+        ax.set_title(f'{task}: {TASKS[task].title}', fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -417,9 +437,32 @@ def write_curves(results: list[dict], out: str) -> list[str]:
                 and r['cell'] in ('flora@b1', 'lora@b1', 'dora@b1')}
         if runs:
             path = osp.join(out, f'curves_{task}.png')
-            plot_runs(list(runs.values()), list(runs), path, title=f'{task}: {TASKS[task]}')
+            plot_runs(list(runs.values()), list(runs), path, title=f'{task}: {TASKS[task].title}')
             paths.append(path)
     return paths
+
+
+def _run_with_threads(threads: int, run: dict) -> dict:
+    torch.set_num_threads(threads)
+    return run_one(**run)
+
+
+def _execute(runs: list[dict], jobs: int, threads: int | None):
+    """Yield the records of ``runs`` (``run_one`` keyword dicts) as they finish.
+
+    ``jobs > 1`` trains in that many spawned worker processes: on a small CPU two one-thread
+    trainings finish sooner than two two-thread ones in a row, since these models are too
+    small to keep several cores busy.
+    """
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    if jobs <= 1 or len(runs) <= 1:
+        for run in runs:
+            yield _run_with_threads(threads, run)
+        return
+    with ProcessPoolExecutor(jobs, mp_context=get_context('spawn')) as pool:
+        futures = [pool.submit(_run_with_threads, threads, run) for run in runs]
+        for future in as_completed(futures):
+            yield future.result()
 
 
 # ------------------------------------------------------------------------------------ main
@@ -438,11 +481,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='e.g. frozen full bitfit flora@b1 lora@b2 dora@b1')
     parser.add_argument('--iters', type=int)
     parser.add_argument('--num-train', type=int)
+    parser.add_argument('--num-val', type=int)
     parser.add_argument('--lr', type=float, help='AdamW learning rate (default 2e-3)')
     parser.add_argument('--pretrain-iters', type=int)
     parser.add_argument('--report-only', action='store_true',
                         help='only summarize the runs finished so far (no training)')
-    parser.add_argument('--threads', type=int, help='torch threads (default: torch decides)')
+    parser.add_argument('--jobs', type=int,
+                        help='trainings at a time, each in its own process (default: 1 with '
+                             '--quick, else 2 if the machine has 2 cores)')
+    parser.add_argument('--threads', type=int,
+                        help='torch threads per training (default: CPU cores / jobs)')
     return parser.parse_args(argv)
 
 
@@ -450,33 +498,37 @@ def main(argv: list[str] | None = None) -> dict:
     """Run (or resume) the experiment and write its reports; returns the summary."""
     args = parse_args(argv)
     overrides = dict(QUICK) if args.quick else {}
-    for key in ('seeds', 'tasks', 'cells', 'iters', 'num_train', 'lr', 'pretrain_iters'):
+    for key in ('seeds', 'tasks', 'cells', 'iters', 'num_train', 'num_val', 'lr',
+                'pretrain_iters'):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     settings = Settings(**overrides, sweep_scale=args.sweep_scale)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     root = args.root
     out = args.out or osp.join(root, 'quick' if args.quick else 'full')
     os.makedirs(out, exist_ok=True)
     pretrained = osp.join(root, 'pretrain',
                           f'convnextv2_atto_source_{settings.pretrain_iters}it.pth')
     pretrain = pretrain_source(pretrained, iters=settings.pretrain_iters,
-                               batch=settings.pretrain_batch, img_size=settings.img_size)
+                               batch=settings.pretrain_batch,
+                               img_size=settings.pretrain_img_size)
     print(f'source pre-training: {pretrain}', flush=True)
     data = prepare_data(osp.join(root, 'data'), settings)
     from flora_mm.apis import load_config
-    targets = list(load_config(BASE_CONFIG).model.backbone.adapter.targets)
+    targets = list(load_config(osp.join(REPO, TASKS['scenes'].config)).adapter_targets)
     budgets = solve_budgets(settings, targets)
     print(f'budgets: {json.dumps(budgets)}', flush=True)
-    results = []
-    for task, cell, seed in run_order(settings):
-        r = run_one(task, cell, seed, data[task], settings, budgets, targets, pretrained, out,
-                    cache_only=args.report_only)
-        if r is None:
-            continue
-        print(f"[fidelity] {task} {cell} seed {seed}: {METRIC} {r['metric']:.2f} "
-              f"({r['seconds']} s)", flush=True)
+    runs = [dict(task=task, cell=cell, seed=seed, data_root=data[task], settings=settings,
+                 budgets=budgets, targets=targets, pretrained=pretrained, out=out)
+            for task, cell, seed in run_order(settings)]
+    results = [r for r in (run_one(**run, cache_only=True) for run in runs) if r is not None]
+    done = {(r['task'], r['cell'], r['seed']) for r in results}
+    todo = [] if args.report_only else [
+        run for run in runs if (run['task'], run['cell'], run['seed']) not in done]
+    jobs = args.jobs or (1 if args.quick else min(2, os.cpu_count() or 1))
+    for r in _execute(todo, jobs, args.threads):
+        print(f"[fidelity] {r['task']} {r['cell']} seed {r['seed']}: "
+              f"{TASKS[r['task']].metric_name} {r['metric']:.2f} ({r['seconds']} s)",
+              flush=True)
         results.append(r)
     summary = summarize(results, settings, budgets, pretrain)
     with open(osp.join(out, 'results.json'), 'w') as f:
