@@ -1,5 +1,6 @@
-"""A reduced fidelity run through the real mmdet and mmrotate pipelines: the reports are written and numeric,
-and the AdapterAnalysisHook curves behave (FLoRA / LoRA start at exactly 0 and grow).
+"""A reduced fidelity run through the real mmdet and mmrotate pipelines: the reports are
+written and numeric, and the AdapterAnalysisHook curves behave (FLoRA / LoRA start at exactly 0
+and grow).
 
 Asserts nothing about which method wins.
 """

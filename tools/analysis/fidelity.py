@@ -34,11 +34,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
+from typing import Callable
 
 import torch
 
 from flora_mm.analysis.curves import plot_runs
-from flora_mm.analysis.source_domain import pretrain_source
+from flora_mm.analysis.source_domain import (make_scene_coco, make_topdown_dota,
+                                              pretrain_source)
 from flora_mm.analysis.stats import mean_std, paired_ttest
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -50,23 +52,18 @@ class Task:
 
     title: str
     config: str
+    make_data: Callable[..., dict]  # (root, num_train=, num_val=, img_size=, seed=) -> summary
     metric_key: str  # the evaluator's key; reported x100
     metric_name: str
-
-    def make_data(self, root: str, num_train: int, num_val: int, img_size: int) -> dict:
-        from flora_mm.analysis import source_domain
-        maker = (source_domain.make_scene_coco if self.metric_key.startswith('coco')
-                 else source_domain.make_topdown_dota)
-        return maker(root, num_train=num_train, num_val=num_val, img_size=img_size, seed=0)
 
 
 TASKS = {
     'scenes': Task('in-domain (front-view scenes, mmdet RetinaNet)',
                    'configs/fidelity/retinanet_convnextv2-atto-flora_fpn_scenes-coco.py',
-                   'coco/bbox_mAP', 'box AP'),
+                   make_scene_coco, 'coco/bbox_mAP', 'box AP'),
     'topdown': Task('shifted (top-down, rotated; mmrotate Rotated RetinaNet)',
                     'configs/fidelity/rotated-retinanet-le90_convnextv2-atto-flora_fpn_'
-                    'topdown-dota.py', 'dota/mAP', 'mAP50'),
+                    'topdown-dota.py', make_topdown_dota, 'dota/mAP', 'mAP50'),
 }
 SCALES = (0.04, 0.4, 4.0)
 POLICY_CELLS = {'frozen': 'Frozen', 'bitfit': 'BitFit', 'full': 'Full'}
@@ -195,7 +192,8 @@ def prepare_data(root: str, settings: Settings) -> dict:
                               f'x{settings.num_val}')
         done = osp.join(path, '.complete')
         if not osp.exists(done):
-            TASKS[task].make_data(path, settings.num_train, settings.num_val, settings.img_size)
+            TASKS[task].make_data(path, num_train=settings.num_train,
+                                  num_val=settings.num_val, img_size=settings.img_size, seed=0)
             open(done, 'w').close()
         roots[task] = path + '/'
     return roots
