@@ -108,11 +108,16 @@ QUICK = dict(seeds=[0], cells=['frozen', 'lora@b1', 'flora@b1'], iters=8, num_tr
 
 
 def all_cells(settings: Settings) -> list[str]:
-    """The requested cells plus the scale sweep's extra FLoRA scales."""
+    """The requested cells plus the scale sweep's extra FLoRA scales (at every budget)."""
     cells = list(settings.cells)
     if settings.sweep_scale:
-        cells += [f'flora@b1-s{s:g}' for s in SCALES if s != settings.flora_scale]
+        cells += [f'flora@{budget}-s{s:g}' for budget in budget_names(settings)
+                  for s in SCALES if s != settings.flora_scale]
     return cells
+
+
+def budget_names(settings: Settings) -> list[str]:
+    return [f'b{i}' for i in range(1, len(settings.flora_ranks) + 1)]
 
 
 def run_order(settings: Settings) -> list[tuple[str, str, int]]:
@@ -320,38 +325,42 @@ def summarize(results: list[dict], settings: Settings, budgets: dict, pretrain: 
 
 
 def scale_sweep(cells: dict, settings: Settings) -> dict:
-    """Per task: metric and update size per FLoRA scale, and whether "the scale with the
-    largest final relative update ``||dW||/||W||`` is the best scale" holds."""
-    sweep = {}
+    """Per task and budget: metric and update size per FLoRA scale, and whether "the scale
+    with the largest final relative update ``||dW||/||W||`` is the best scale" holds."""
+    sweep: dict = {}
     for task, per_task in cells.items():
-        rows = {}
-        for s in SCALES:
-            cell = 'flora@b1' if s == settings.flora_scale else f'flora@b1-s{s:g}'
-            if cell in per_task:
-                c = per_task[cell]
-                rows[f'{s:g}'] = dict(mean=c['mean'], std=c['std'], n=c['n'],
-                                      relative_update=c['relative_update_mean'],
-                                      delta_norm=c['delta_norm_mean'])
-        if len(rows) == len(SCALES):
-            best = max(rows, key=lambda s: rows[s]['mean'])
-            largest = max(rows, key=lambda s: rows[s]['relative_update'])
-            sweep[task] = dict(rows=rows, best_scale=best, largest_update_scale=largest,
-                               rule_holds=best == largest)
-        else:
-            sweep[task] = dict(rows=rows)
+        for budget in budget_names(settings):
+            rows = {}
+            for s in SCALES:
+                cell = (f'flora@{budget}' if s == settings.flora_scale
+                        else f'flora@{budget}-s{s:g}')
+                if cell in per_task:
+                    c = per_task[cell]
+                    rows[f'{s:g}'] = dict(mean=c['mean'], std=c['std'], n=c['n'],
+                                          relative_update=c['relative_update_mean'],
+                                          delta_norm=c['delta_norm_mean'])
+            entry: dict = dict(rows=rows)
+            if len(rows) == len(SCALES):
+                best = max(rows, key=lambda s: rows[s]['mean'])
+                largest = max(rows, key=lambda s: rows[s]['relative_update'])
+                entry.update(best_scale=best, largest_update_scale=largest,
+                             rule_holds=best == largest)
+            sweep.setdefault(task, {})[budget] = entry
     return sweep
 
 
-def _fmt(cell: dict | None) -> str:
+def _fmt(cell: dict | None, seeds: int) -> str:
+    """``mean ± std``, with ``(n=k)`` when fewer than the requested ``seeds`` finished."""
     if cell is None:
         return 'n/a'
     return f"{cell['mean']:.2f} ± {cell['std']:.2f}" + (f" (n={cell['n']})"
-                                                        if cell['n'] < 3 else '')
+                                                        if cell['n'] < seeds else '')
 
 
 def write_table(summary: dict, path: str) -> str:
     """Markdown laid out like the paper's Table 1 (rows: methods, columns: tasks)."""
     cells, budgets = summary['cells'], summary['budgets']
+    seeds = len(summary['settings']['seeds'])
     tasks = [t for t in TASKS if t in cells]
     lines = [f"| Method | # Params (backbone, trainable) | "
              + ' | '.join(f'{t}: {TASKS[t].title}, {TASKS[t].metric_name}' for t in tasks)
@@ -363,7 +372,7 @@ def write_table(summary: dict, path: str) -> str:
         if not any(present):
             return
         params = next(c['trainable_backbone'] for c in present if c)
-        lines.append(f'| {label} | {params:,} | ' + ' | '.join(_fmt(c) for c in present) + ' |')
+        lines.append(f'| {label} | {params:,} | ' + ' | '.join(_fmt(c, seeds) for c in present) + ' |')
 
     row('Base (frozen backbone)', 'frozen')
     row('Fully FT', 'full')
@@ -380,19 +389,22 @@ def write_table(summary: dict, path: str) -> str:
             lines.append(f"- {task} {b}: mean diff {t['mean_diff']:+.2f}, t = {t['t']:.2f}, "
                          f"p = {t['p']:.3g} (n = {t['n']})")
     if 'scale_sweep' in summary:
-        lines += ['', 'FLoRA scale sweep (budget b1), metric and mean final ||dW||/||W||:',
-                  '', '| s | ' + ' | '.join(tasks) + ' |', '|' + '---|' * (1 + len(tasks))]
+        columns = [(t, b) for t in tasks for b in budgets]
+        lines += ['', 'FLoRA scale sweep, metric (mean final ||dW||/||W||):', '',
+                  '| s | ' + ' | '.join(f'{t} {b}' for t, b in columns) + ' |',
+                  '|' + '---|' * (1 + len(columns))]
         for s in SCALES:
             vals = []
-            for t in tasks:
-                r = summary['scale_sweep'].get(t, {}).get('rows', {}).get(f'{s:g}')
-                vals.append('n/a' if r is None else
-                            f"{r['mean']:.2f} ± {r['std']:.2f} (||dW||/||W|| "
-                            f"{r['relative_update']:.3g})")
+            for t, b in columns:
+                r = summary['scale_sweep'].get(t, {}).get(b, {}).get('rows', {}).get(f'{s:g}')
+                vals.append('n/a' if r is None else _fmt(r, seeds)
+                            + f" ({r['relative_update']:.3g})")
             lines.append(f'| {s:g} | ' + ' | '.join(vals) + ' |')
-        for t, sw in summary['scale_sweep'].items():
+        lines.append('')
+        for t, b in columns:
+            sw = summary['scale_sweep'].get(t, {}).get(b, {})
             if 'rule_holds' in sw:
-                lines.append(f"\n{t}: best s = {sw['best_scale']}, largest update at s = "
+                lines.append(f"- {t} {b}: best s = {sw['best_scale']}, largest update at s = "
                              f"{sw['largest_update_scale']} -> rule "
                              f"{'holds' if sw['rule_holds'] else 'fails'}")
     text = '\n'.join(lines) + '\n'
