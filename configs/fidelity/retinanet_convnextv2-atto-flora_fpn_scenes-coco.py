@@ -9,7 +9,7 @@ _base_ = [
     '../_base_/runtimes/mmdet_runtime.py'
 ]
 
-data_root = 'work_dirs/fidelity/data/scenes_96px_32x16/'
+data_root = 'work_dirs/fidelity/data/scenes_96px_96x48/'
 metainfo = dict(classes=('building', 'tree', 'car'))
 img_scale = (96, 96)
 adapter_targets = [

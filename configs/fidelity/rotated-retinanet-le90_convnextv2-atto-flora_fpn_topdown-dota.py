@@ -7,7 +7,7 @@ _base_ = 'mmrotate::rotated_retinanet/rotated-retinanet-rbox-le90_r50_fpn_1x_dot
 # importing flora_mm registers the backbone and restores `collections.Sequence` for mmrotate
 custom_imports = dict(imports=['flora_mm'], allow_failed_imports=False)
 
-data_root = 'work_dirs/fidelity/data/topdown_96px_32x16/'
+data_root = 'work_dirs/fidelity/data/topdown_96px_96x48/'
 metainfo = dict(classes=('plane', 'ship', 'large-vehicle'))
 img_scale = (96, 96)
 adapter_targets = [
