@@ -117,6 +117,7 @@ def all_cells(settings: Settings) -> list[str]:
 
 
 def budget_names(settings: Settings) -> list[str]:
+    """``['b1', 'b2', ...]``, one budget per FLoRA rank."""
     return [f'b{i}' for i in range(1, len(settings.flora_ranks) + 1)]
 
 
@@ -372,7 +373,8 @@ def write_table(summary: dict, path: str) -> str:
         if not any(present):
             return
         params = next(c['trainable_backbone'] for c in present if c)
-        lines.append(f'| {label} | {params:,} | ' + ' | '.join(_fmt(c, seeds) for c in present) + ' |')
+        lines.append(f'| {label} | {params:,} | '
+                     + ' | '.join(_fmt(c, seeds) for c in present) + ' |')
 
     row('Base (frozen backbone)', 'frozen')
     row('Fully FT', 'full')
