@@ -7,12 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import torch
 import torch.nn as nn
 
 from .layers import ADAPTER_METHODS, FORWARD_MODES, AdapterLayer, unsupported_reason, \
     unwrap_layer, wrap_layer
 
 POLICY_METHODS = ('BitFit', 'Full', 'Frozen')
+FLOAT_DTYPES = ('bfloat16', 'float16', 'float32', 'float64')
 METHODS = ADAPTER_METHODS + POLICY_METHODS
 _KEYS = frozenset({'type', 'rank', 'kernel_rank', 'scale', 'alpha', 'targets', 'exclude',
                    'rank_pattern', 'dropout', 'forward_mode'})
@@ -332,6 +334,44 @@ def unmerge_adapters(model: nn.Module) -> nn.Module:
     for layer in adapter_layers(model).values():
         layer.unmerge()
     return model
+
+
+def cast_frozen_weights(model: nn.Module, dtype: torch.dtype | str) -> int:
+    """Store the frozen base weight and bias of every adapted layer in ``dtype``.
+
+    Halves the memory of the frozen weights with bfloat16 / float16; adapter parameters (and
+    every layer without an adapter) keep their dtype. Run the model under autocast, or with
+    inputs of any dtype (each op then runs in the input's dtype). ``merge_adapters`` writes
+    merged weights in the original dtype.
+
+    Args:
+        model: A model with adapters, base weights frozen (:func:`freeze_base`).
+        dtype: ``torch.bfloat16``, ``torch.float16`` or their names.
+
+    Returns:
+        The number of elements cast.
+
+    Raises:
+        ValueError: ``dtype`` is not a floating-point dtype, the model has no adapters, or an
+            adapted layer is merged or has a trainable base weight / bias (named).
+    """
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None) if dtype in FLOAT_DTYPES else None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f'cast_frozen_weights: dtype must be one of {list(FLOAT_DTYPES)}, '
+                         f'got {dtype!r}')
+    layers = adapter_layers(model)
+    if not layers:
+        raise ValueError('cast_frozen_weights: the model has no adapters (it casts the frozen '
+                         'base weights of adapted layers)')
+    count = 0
+    for name, layer in layers.items():
+        try:
+            layer.cast_frozen(dtype)
+        except ValueError as err:
+            raise ValueError(f'{name} ({type(layer).__name__}): {err}') from None
+        count += sum(p.numel() for p in (layer.weight, layer.bias) if p is not None)
+    return count
 
 
 def freeze_base(model: nn.Module, method: str = 'FLoRA', trainable: Sequence[str] = ()) -> int:

@@ -14,6 +14,13 @@ Contract of every adapted layer: ``delta_weight()`` (shape of the base weight, s
 ``merge()`` / ``unmerge()`` (idempotent), ``adapter_config`` (enough to re-create it) and
 ``adapter_named_parameters()``.
 
+Precision: adapter parameters are at least fp32 (the optimizer's master copy, also under
+autocast and in half-precision models). :meth:`AdapterLayer.cast_frozen` may store the frozen
+base weight and bias in bfloat16 / float16 to halve their memory; under autocast the base op
+runs in the autocast dtype anyway, outside autocast every op runs in the input's dtype, and
+``merge()`` writes the merged weight back in the layer's original dtype (``unmerge()`` restores
+the reduced-precision copy).
+
 Forward modes: ``'factorized'`` adds a low-rank branch to the frozen base output (cheap for
 dense layers, the only mode that can apply dropout); ``'merged'`` runs one base op with the
 weight ``W0 + delta`` rebuilt on the fly (cheap for depthwise convs, whose weights are tiny);
@@ -153,6 +160,7 @@ class AdapterLayer:
         self.merged = False
         self._adapter_requires_grad = (self.weight.requires_grad,
                                        None if self.bias is None else self.bias.requires_grad)
+        self._adapter_dtypes = (self.weight.dtype, self.weight.dtype)  # (original, stored)
         self._adapter_geometry = (ConvGeometry.from_module(self)
                                   if isinstance(self, nn.modules.conv._ConvNd) else None)
         self.weight.requires_grad_(False)
@@ -182,7 +190,7 @@ class AdapterLayer:
 
     def _adapter_attr_names(self) -> tuple[str, ...]:
         return ('adapter_base_class', 'adapter_scale', 'adapter_dropout', 'forward_mode',
-                'merged', '_adapter_requires_grad', '_adapter_geometry')
+                'merged', '_adapter_requires_grad', '_adapter_dtypes', '_adapter_geometry')
 
     # ----------------------------------------------------------------- weight space
     def _low_rank_delta(self) -> torch.Tensor:
@@ -199,26 +207,61 @@ class AdapterLayer:
             return self._low_rank_delta()
 
     def _effective_weight(self) -> torch.Tensor:
-        """``W0 + delta`` in the base weight's dtype (used by the merged forward)."""
-        return self.weight + self._low_rank_delta().to(self.weight.dtype)
+        """``W0 + delta`` in the adapter dtype (used by the merged forward; the base op casts
+        it to the compute dtype, so a reduced-precision ``W0`` rounds the sum only once)."""
+        delta = self._low_rank_delta()
+        return self.weight.to(delta.dtype) + delta
+
+    @torch.no_grad()
+    def cast_frozen(self, dtype: torch.dtype) -> None:
+        """Store the frozen base weight and bias in ``dtype`` (e.g. ``torch.bfloat16``).
+
+        Args:
+            dtype: A floating-point dtype; the layer's original dtype undoes the cast.
+
+        Raises:
+            ValueError: The layer is merged, or its base weight / bias is trainable (a
+                reduced-precision trainable parameter would have no full-precision copy).
+        """
+        if self.merged:
+            raise ValueError('cast_frozen: unmerge the layer first (a merged weight holds '
+                             'W0 + dW in the original dtype)')
+        for name in ('weight', 'bias'):
+            param = getattr(self, name)
+            if param is not None and param.requires_grad:
+                raise ValueError(f'cast_frozen: {name} {tuple(param.shape)} is trainable; only '
+                                 'frozen base weights can be stored in reduced precision')
+            if param is not None:
+                param.data = param.data.to(dtype)
+        self._adapter_dtypes = (self._adapter_dtypes[0], dtype)
+
+    def _store_weight(self, value: torch.Tensor) -> None:
+        """Set ``weight``'s values, merged in the original dtype, unmerged in the stored one."""
+        original, stored = self._adapter_dtypes
+        self.weight.data = value.to(original if self.merged else stored)
 
     @torch.no_grad()
     def merge(self) -> None:
         """Fold ``delta_weight()`` into ``weight``; a no-op when already merged."""
         if not self.merged:
-            self.weight.add_(self.delta_weight().to(self.weight.dtype))
+            delta = self.delta_weight()
             self.merged = True
+            self._store_weight(self.weight.to(delta.dtype) + delta)
 
     @torch.no_grad()
     def unmerge(self) -> None:
         """Subtract ``delta_weight()`` from ``weight`` again; a no-op when not merged."""
         if self.merged:
-            self.weight.sub_(self.delta_weight().to(self.weight.dtype))
+            delta = self.delta_weight()
             self.merged = False
+            self._store_weight(self.weight.to(delta.dtype) - delta)
 
     # ----------------------------------------------------------------- forward
     def _base_forward(self, x: torch.Tensor, weight: torch.Tensor,
                       bias: torch.Tensor | None) -> torch.Tensor:
+        if not torch.is_autocast_enabled(x.device.type):  # autocast casts by itself
+            weight = weight.to(x.dtype)
+            bias = None if bias is None else bias.to(x.dtype)
         if self.is_conv:
             return self._conv_forward(x, weight, bias)
         return F.linear(x, weight, bias)
@@ -494,7 +537,7 @@ class DoRALayer(LoRALayer):
 
     def _effective_weight(self) -> torch.Tensor:
         direction, scale = self._direction_scale(self.weight.to(self._lora_a.dtype))
-        return (direction * _per_channel(scale, direction.dim())).to(self.weight.dtype)
+        return direction * _per_channel(scale, direction.dim())
 
     def _factorized_forward(self, x: torch.Tensor) -> torch.Tensor:
         with _autocast_disabled(x.device.type):
@@ -512,14 +555,15 @@ class DoRALayer(LoRALayer):
         if not self.merged:
             direction, scale = self._direction_scale(self.weight.to(self._lora_a.dtype))
             self._dora_merged_norm = self.dora_magnitude / scale
-            self.weight.copy_(direction * _per_channel(scale, direction.dim()))
             self.merged = True
+            self._store_weight(direction * _per_channel(scale, direction.dim()))
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            self.weight.copy_(self._unmerged_weight())
+            weight = self._unmerged_weight()
             self.merged = False
+            self._store_weight(weight)
             self._dora_merged_norm = None
 
     def _cost(self, x: torch.Tensor) -> Cost:
@@ -626,7 +670,8 @@ def wrap_layer(module: nn.Module, method: str, *, rank: int, kernel_rank: int = 
 def unwrap_layer(module: AdapterLayer) -> nn.Module:
     """Drop the adapter of ``module`` in place (after merging, for deployment).
 
-    Restores the original class and the original ``requires_grad`` of weight and bias.
+    Restores the original class and the original ``requires_grad`` and dtype of weight and
+    bias.
 
     Args:
         module: An adapted layer.
@@ -636,10 +681,12 @@ def unwrap_layer(module: AdapterLayer) -> nn.Module:
     """
     weight_rg, bias_rg = module._adapter_requires_grad
     base_class = module.adapter_base_class
+    original_dtype = module._adapter_dtypes[0]
     for name in module._adapter_attr_names():
         delattr(module, name)
     module.__class__ = base_class
-    module.weight.requires_grad_(weight_rg)
-    if module.bias is not None:
-        module.bias.requires_grad_(bias_rg)
+    for param, requires_grad in ((module.weight, weight_rg), (module.bias, bias_rg)):
+        if param is not None:
+            param.data = param.data.to(original_dtype)
+            param.requires_grad_(requires_grad)
     return module

@@ -10,6 +10,7 @@ from mmengine.logging import print_log
 from .launch import build_runner, load_config
 
 LAUNCHERS = ['none', 'pytorch', 'slurm', 'mpi']
+AMP_WRAPPERS = ('AmpOptimWrapper', 'flora_mm.AmpOptimWrapper')
 
 
 def _common_args(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +29,8 @@ def parse_train_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a model with flora_mm')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision (AmpOptimWrapper, dynamic loss scale)')
+                        help='automatic mixed precision: float16 autocast with dynamic loss scaling on GPUs '
+        "(optim_wrapper.dtype='bfloat16' for bfloat16), bfloat16 autocast on CPUs")
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by the real batch size / auto_scale_lr.base_batch_size')
     parser.add_argument(
@@ -55,6 +57,31 @@ def parse_test_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def enable_amp(cfg: Config) -> None:
+    """Switch ``cfg.optim_wrapper`` to mixed precision (what ``--amp`` does).
+
+    ``OptimWrapper`` becomes ``flora_mm.AmpOptimWrapper`` with ``loss_scale='dynamic'``:
+    mmengine's ``AmpOptimWrapper`` on a GPU (float16 unless ``optim_wrapper.dtype`` says
+    ``'bfloat16'``), bfloat16 autocast without loss scaling on a CPU. A config that already
+    names mmengine's ``AmpOptimWrapper`` keeps its settings and gets the CPU-capable class.
+
+    Args:
+        cfg: The config, modified in place.
+
+    Raises:
+        ValueError: ``optim_wrapper.type`` is another wrapper.
+    """
+    wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if wrapper_type in AMP_WRAPPERS:
+        print_log('AMP training is already enabled in the config.', logger='current',
+                  level=logging.WARNING)
+    elif wrapper_type != 'OptimWrapper':
+        raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, got {wrapper_type!r}')
+    else:
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    cfg.optim_wrapper.type = 'flora_mm.AmpOptimWrapper'
+
+
 def build_train_config(args: argparse.Namespace) -> Config:
     """The runner config for ``tools/train.py`` arguments (mmdet's ``train.py`` semantics).
 
@@ -66,16 +93,7 @@ def build_train_config(args: argparse.Namespace) -> Config:
     """
     cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
     if args.amp:
-        wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if wrapper_type == 'AmpOptimWrapper':
-            print_log('AMP training is already enabled in the config.', logger='current',
-                      level=logging.WARNING)
-        elif wrapper_type != 'OptimWrapper':
-            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, got '
-                             f'{wrapper_type!r}')
-        else:
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.loss_scale = 'dynamic'
+        enable_amp(cfg)
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise ValueError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')

@@ -1,5 +1,8 @@
-"""Runner-side parts of flora_mm: hooks and optimizer constructors (registered on import)."""
+"""Runner-side parts of flora_mm: hooks, optimizer wrappers and constructors (registered on
+import)."""
 from .hooks import AdapterAnalysisHook, FLoRAHook
-from .optimizers import LayerDecayOptimizerConstructor
+from .optimizers import AmpOptimWrapper, LayerDecayOptimizerConstructor
 
-__all__ = ['AdapterAnalysisHook', 'FLoRAHook', 'LayerDecayOptimizerConstructor']
+__all__ = [
+    'AdapterAnalysisHook', 'AmpOptimWrapper', 'FLoRAHook', 'LayerDecayOptimizerConstructor'
+]

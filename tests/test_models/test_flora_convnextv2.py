@@ -315,3 +315,46 @@ def test_constructor_errors():
         FLoRAConvNeXtV2(init_cfg=dict(type='Pretrained', checkpoint='x.pth'))
     with pytest.raises(ValueError, match='rank'):
         FLoRAConvNeXtV2(adapter=dict(type='FLoRA', rank=0))
+
+
+def test_frozen_dtype_bfloat16(timm_atto_file):
+    path, _ = timm_atto_file
+    adapter = dict(type='LoRA', rank=4)
+    ref = FLoRAConvNeXtV2(arch='atto', pretrained=str(path), adapter=adapter)
+    torch.manual_seed(0)
+    model = FLoRAConvNeXtV2(arch='atto', pretrained=str(path), adapter=adapter,
+                            frozen_dtype='bfloat16')
+    with torch.no_grad():  # same non-zero update in both, so the adapters matter
+        for (name, p), (_, q) in zip(ref.named_parameters(), model.named_parameters()):
+            if '.lora_' in name:
+                q.copy_(p.normal_(0, 0.05))
+    layers = count_adapter_params(model)['per_layer']
+    for name, p in model.named_parameters():
+        adapted_base = name.rsplit('.', 1)[0] in layers and '.lora_' not in name
+        assert p.dtype == (torch.bfloat16 if adapted_base else torch.float32), name
+        assert p.requires_grad == ('.lora_' in name), name
+    frozen = sum(p.numel() for p in model.parameters() if p.dtype == torch.bfloat16)
+    assert frozen > 0.99 * sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    # fp32 input, no autocast: ops in fp32 on the bf16-rounded base weights
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.rsplit('.', 1)[0] in layers and '.lora_' not in name:
+                p.copy_(p.to(torch.bfloat16))
+    x = _input()
+    for a, b in zip(ref(x), model(x)):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model.train()(x)
+    for a, b in zip(ref(x), outs):
+        assert (b.float() - a).abs().max() < 0.05 * a.abs().max()
+    sum(o.float().square().mean() for o in outs).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32
+               for p in model.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="frozen_dtype='bfloat16' needs an adapter"):
+        FLoRAConvNeXtV2(frozen_dtype='bfloat16')
+    with pytest.raises(ValueError, match="adapter type 'Frozen': .*no adapters"):
+        FLoRAConvNeXtV2(adapter=dict(type='Frozen'), frozen_dtype='bfloat16')
+    with pytest.raises(ValueError, match='trainable'):
+        FLoRAConvNeXtV2(adapter=dict(type='LoRA', rank=2), trainable=[r'stem\.0\.bias'],
+                        frozen_dtype='bfloat16')

@@ -26,7 +26,7 @@ def cfg_file(tmp_path):
 def test_train_flags(cfg_file, tmp_path):
     cfg = build_train_config(parse_train_args([cfg_file, '--amp', '--auto-scale-lr', '--resume',
                                          '--cfg-options', 'optim_wrapper.optimizer.lr=0.5']))
-    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.type == 'flora_mm.AmpOptimWrapper'
     assert cfg.optim_wrapper.loss_scale == 'dynamic'
     assert cfg.optim_wrapper.optimizer.lr == 0.5
     assert cfg.auto_scale_lr.enable is True

@@ -12,13 +12,10 @@ fine-tune where the task head is always trained:
 Time: one train step (zero_grad + forward + cross-entropy + backward + AdamW step), methods
 interleaved within each repeat so drifts of the machine hit all of them alike; medians.
 
-Peak memory: each method runs in a fresh subprocess that builds the model and optimizer, reads
-its resident set size (RSS), resets the kernel's peak-RSS counter (``/proc/self/clear_refs``),
-runs ``--memory-steps`` train steps and reads the peak (``VmHWM`` in ``/proc/self/status``).
-Reported: peak minus pre-step RSS, i.e. what train steps add on top of the resident model
-(activations, gradients, optimizer state, temporaries), as the OS sees it. (tracemalloc cannot
-see torch's allocations, the CPU allocator keeps no peak statistics, and ``ru_maxrss`` of a
-child inherits the parent's peak across fork + exec.) Linux only.
+Peak memory: each method runs in a fresh subprocess that builds the model and optimizer and
+runs ``--memory-steps`` train steps; reported is the peak resident set size minus the one
+before the steps (``flora_mm.analysis.measure.peak_memory``), i.e. what train steps add on
+top of the resident model. Linux only.
 
 Inference: the plain model vs the same model after ``merge_adapters(unload=True)`` (FLoRA with a
 non-zero update merged and dropped), eval mode, ``torch.inference_mode``; the unmerged FLoRA
@@ -36,7 +33,6 @@ import gc
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -47,6 +43,7 @@ import torch.nn.functional as F
 
 from flora_mm.adapters import adapter_layers, atomic_write, count_adapter_params, freeze_base, \
     inject_adapters, merge_adapters, solve_rank
+from flora_mm.analysis.measure import median_ms, peak_memory, rotated, write_json
 
 METHODS = ('frozen', 'flora_auto', 'flora_factorized', 'flora_merged', 'lora', 'dora', 'full')
 TARGETS = [r'stages\..*']
@@ -140,29 +137,17 @@ def solve_ranks(arch: str, args: argparse.Namespace) -> tuple[dict, dict]:
     return ranks, counts
 
 
-def _proc_status_kib(field: str) -> int:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(f'{field}:'):
-                return int(line.split()[1])
-    raise RuntimeError(f'{field} missing from /proc/self/status')
-
-
 def memory_child(job: dict) -> None:
     """Subprocess entry: report the RSS a train step adds on top of the built model."""
     torch.set_num_threads(job['threads'])
     args = argparse.Namespace(**job['args'])
     model, optimizer = build(job['arch'], job['method'], job['ranks'])
     x, y = batch(args)
-    gc.collect()
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')  # reset VmHWM to the current RSS
-    before = _proc_status_kib('VmRSS') * 1024
-    for _ in range(args.memory_steps):
-        train_step(model, optimizer, x, y)
-    peak = _proc_status_kib('VmHWM') * 1024
-    print(json.dumps({'rss_before': before, 'peak_rss': peak,
-                      'step_peak': max(peak - before, 0)}))
+    with peak_memory('cpu') as mem:
+        for _ in range(args.memory_steps):
+            train_step(model, optimizer, x, y)
+    print(json.dumps({'rss_before': mem['before'], 'peak_rss': mem['peak'],
+                      'step_peak': mem['added']}))
 
 
 def measure_memory(arch: str, method: str, ranks: dict, args: argparse.Namespace) -> dict:
@@ -171,16 +156,6 @@ def measure_memory(arch: str, method: str, ranks: dict, args: argparse.Namespace
     result = subprocess.run([sys.executable, os.path.abspath(__file__), '--child',
                              json.dumps(job)], capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def rotated(items: list, shift: int) -> list:
-    """Start each repeat at another method, so no method always runs first."""
-    shift %= len(items)
-    return items[shift:] + items[:shift]
-
-
-def median_ms(samples: list[float]) -> float:
-    return 1000 * statistics.median(samples)
 
 
 def bench_training(arch: str, ranks: dict, args: argparse.Namespace) -> dict:
@@ -256,14 +231,6 @@ def print_tables(arch: str, result: dict) -> None:
 
 def _fmt(value, width=7) -> str:
     return f'{value:{width}.3f}' if value is not None else ' ' * (width - 1) + '-'
-
-
-def write_json(path: str, data: dict) -> None:
-    def dump(tmp: str) -> None:
-        with open(tmp, 'w') as f:
-            json.dump(data, f, indent=2)
-
-    atomic_write(path, dump)
 
 
 def main(argv=None) -> None:

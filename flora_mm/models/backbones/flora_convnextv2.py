@@ -8,7 +8,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from flora_mm.adapters import count_adapter_params, freeze_base, inject_adapters
+from flora_mm.adapters import ADAPTER_METHODS, cast_frozen_weights, count_adapter_params, \
+    freeze_base, inject_adapters
 from flora_mm.registry import MODELS
 from .convnextv2_checkpoint import load_pretrained
 
@@ -49,6 +50,11 @@ class FLoRAConvNeXtV2(BaseModule):
             also be a freeze policy ('BitFit', 'Full', 'Frozen').
         trainable: Regexes (fullmatch on parameter or module names of this backbone) that
             stay trainable in addition to the adapter, e.g. ``[r'.*norm.*']``.
+        frozen_dtype: ``'bfloat16'`` or ``'float16'`` stores the frozen base weights of the
+            adapted layers (99.9% of the backbone) in that dtype, halving their memory, for
+            mixed-precision training (``--amp``); adapter parameters stay fp32, and the
+            backbone also runs without autocast (ops in the input's dtype). Needs an adapter
+            method (FLoRA / LoRA / DoRA). None keeps everything in fp32.
         init_cfg: mmengine init config. ``type='Pretrained'`` is rejected: use ``pretrained``,
             which is loaded at construction and also works at test time.
     """
@@ -62,6 +68,7 @@ class FLoRAConvNeXtV2(BaseModule):
                  pretrained: Optional[str] = None,
                  adapter: Optional[dict] = None,
                  trainable: Sequence[str] = (),
+                 frozen_dtype: Optional[str] = None,
                  init_cfg: Optional[dict] = None):
         if init_cfg is not None and any(
                 cfg.get('type') == 'Pretrained'
@@ -80,6 +87,10 @@ class FLoRAConvNeXtV2(BaseModule):
         if trainable and adapter is None:
             raise ValueError('FLoRAConvNeXtV2: `trainable` needs an `adapter` (without one the '
                              'whole backbone is trained)')
+        if frozen_dtype is not None and adapter is None:
+            raise ValueError(f'FLoRAConvNeXtV2: frozen_dtype={frozen_dtype!r} needs an adapter '
+                             f'of type {list(ADAPTER_METHODS)} (it stores the frozen base '
+                             'weights of adapted layers)')
         import timm  # local: only this backbone needs timm
         net = timm.create_model(
             f'convnextv2_{arch}', pretrained=False, num_classes=0,
@@ -96,9 +107,16 @@ class FLoRAConvNeXtV2(BaseModule):
         if pretrained is not None:
             load_pretrained(self, pretrained)
         self.adapter = copy.deepcopy(adapter)
+        self.frozen_dtype = frozen_dtype
         if adapter is not None:
             inject_adapters(self, adapter)
             freeze_base(self, adapter['type'], trainable)
+            if frozen_dtype is not None:
+                try:
+                    cast_frozen_weights(self, frozen_dtype)
+                except ValueError as err:
+                    raise ValueError(f'FLoRAConvNeXtV2: frozen_dtype={frozen_dtype!r} with '
+                                     f"adapter type {adapter['type']!r}: {err}") from None
             counts = count_adapter_params(self)
             print_log(f'FLoRAConvNeXtV2-{arch}: {adapter["type"]} on '
                       f'{len(counts["per_layer"])} layers, {counts["trainable"]:,} of '
