@@ -40,18 +40,21 @@ from .measure import peak_memory, rotated, write_json
 
 @dataclass(frozen=True)
 class Task:
-    """A Table-1 task: config folder, file-name prefix and suffix, training input size."""
+    """A Table-1 task: config folder, file-name prefix and suffix, training input size and
+    the smallest batch it trains with (UperNet's pooled 1x1 branch has a BatchNorm that needs
+    two images)."""
 
     folder: str
     prefix: str
     suffix: str
     input_size: tuple  # (H, W)
+    min_batch: int = 1
 
 
 TASKS = {
     'coco': Task('mask-rcnn', 'mask-rcnn_convnextv2-l', '_fpn_1x_coco.py', (800, 1333)),
     'ade20k': Task('upernet', 'upernet_convnextv2-l', '_8xb2-160k_ade20k-512x512.py',
-                   (512, 512)),
+                   (512, 512), min_batch=2),
     'dota': Task('oriented-rcnn', 'oriented-rcnn-le90_convnextv2-l', '_fpn_1x_dota.py',
                  (1024, 1024)),
 }
@@ -90,7 +93,10 @@ def table_jobs(tasks, methods, with_cp_values, *, root='configs', device='cpu', 
                 jobs[f'{task}/{method}/cp{int(cp)}'] = dict(
                     config=config_path(task, method, root), with_cp=bool(cp),
                     input_grad=method == 'limit', input_size=list(TASKS[task].input_size),
-                    device=device, amp=amp, batch_size=batch_size, warmup=warmup, steps=steps,
+                    device=device, amp=amp,
+                    batch_size=batch_size or (None if device.startswith('cuda')
+                                              else TASKS[task].min_batch),
+                    warmup=warmup, steps=steps,
                     threads=threads)
     return jobs
 

@@ -34,8 +34,10 @@ ADAPTERS = {
 }
 
 
-def _job(config, method='flora', size=(64, 64), **kwargs):
+def _job(config, method='flora', size=(64, 64), batch_size=2, **kwargs):
+    # UperNet trains with 2 images at least (BatchNorm on its pooled 1x1 branch)
     return dict(config=config, input_size=list(size), input_grad=method == 'limit',
+                batch_size=batch_size,
                 cfg_options={'model.backbone.adapter': ADAPTERS.get(method, ADAPTERS['frozen'])},
                 warmup=1, steps=1, threads=1, **kwargs)
 
@@ -83,7 +85,7 @@ def test_run_job_counts_per_method():
         assert len(result['samples_s']) == 1 and result['step_s'] > 0
         assert all(math.isfinite(v) for v in result['losses'])
         assert result['memory']['peak'] >= result['memory']['before'] > 0
-        assert result['batch_size'] == 1
+        assert result['batch_size'] == 2
         counts[method] = result
     net = timm.create_model('convnextv2_atto', num_classes=0)
     backbone_params = sum(p.numel() for n, p in net.named_parameters()

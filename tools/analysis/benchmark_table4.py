@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='mixed precision (flora_mm.AmpOptimWrapper); auto: float16 on '
                         'CUDA, bfloat16 on CPU (the only CPU choice)')
     parser.add_argument('--batch-size', type=int, default=None,
-                        help="default: 1 on CPU, the config's batch on CUDA")
+                        help="default: 1 on CPU (2 for UperNet, whose pooled branch has a "
+                        "BatchNorm), the config's batch on CUDA")
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--steps', type=int, default=2, help='timed iterations per run')
     parser.add_argument('--rounds', type=int, default=1,
