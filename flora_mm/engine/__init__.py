@@ -1,5 +1,8 @@
-"""Runner-side parts of flora_mm: hooks and optimizer constructors (registered on import)."""
+"""Runner-side parts of flora_mm: hooks, optimizer constructors and FSDP helpers (registered
+on import)."""
+from .fsdp import class_name_wrap_policy, fsdp_clean_name
 from .hooks import AdapterAnalysisHook, FLoRAHook
 from .optimizers import LayerDecayOptimizerConstructor
 
-__all__ = ['AdapterAnalysisHook', 'FLoRAHook', 'LayerDecayOptimizerConstructor']
+__all__ = ['AdapterAnalysisHook', 'FLoRAHook', 'LayerDecayOptimizerConstructor',
+           'class_name_wrap_policy', 'fsdp_clean_name']
