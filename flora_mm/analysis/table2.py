@@ -212,7 +212,7 @@ def memory_table(gpus: int = 8, gpu_gib: float = 80.) -> List[dict]:
 def format_markdown(rows: List[dict], gpu_gib: float = 80.) -> str:
     """The Table-2 budget and memory table (markdown)."""
     lines = ['| column | paper % | rank | trainable ViT params | % here | FSDP params / grads / '
-             'AdamW / act. GiB | FSDP total GiB | DDP total GiB |',
+             'AdamW / act. GiB | FSDP total GiB | DDP (fp32) total GiB |',
              '|---|---|---|---|---|---|---|---|']
     for r in rows:
         f, d = r['fsdp'], r['ddp']

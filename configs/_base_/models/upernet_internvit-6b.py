@@ -12,10 +12,9 @@ adapter_targets = [r'(.*\.)?blocks\.\d+\.attn\.(qkv|proj)', r'(.*\.)?blocks\.\d+
 # The official InternViT-6B weights (InternVL's `intern_vit_6b_224px.pth`, local file; see
 # docs/configs.md).
 pretrained = 'checkpoints/intern_vit_6b_224px.pth'
-crop_size = (504, 504)
 
 model = dict(
-    data_preprocessor=dict(size=crop_size),
+    data_preprocessor=dict(size=(504, 504)),  # the crop of datasets/ade20k_504x504.py
     pretrained=None,
     backbone=dict(
         _delete_=True,
@@ -33,4 +32,4 @@ model = dict(
         pretrained=pretrained),
     decode_head=dict(in_channels=[3200, 3200, 3200, 3200], channels=1536, num_classes=150),
     auxiliary_head=dict(in_channels=3200, channels=1536, num_classes=150),
-    test_cfg=dict(mode='slide', crop_size=crop_size, stride=(322, 322)))
+    test_cfg=dict(mode='slide', crop_size=(504, 504), stride=(322, 322)))
