@@ -29,7 +29,7 @@ pipeline = [dict(type='LoadImageFromFile'),
             dict(type='Resize', scale=crop_size, keep_ratio=False),
             dict(type='LoadAnnotations', reduce_zero_label=True),
             dict(type='PackSegInputs')]
-train_dataloader = dict(batch_size=1, sampler=dict(type='InfiniteSampler', shuffle=False),
+train_dataloader = dict(batch_size=2, sampler=dict(type='InfiniteSampler', shuffle=False),
                         dataset=dict(data_root=data_root, pipeline=pipeline))
 val_dataloader = dict(batch_size=1, dataset=dict(data_root=data_root, pipeline=pipeline))
 test_dataloader = val_dataloader
