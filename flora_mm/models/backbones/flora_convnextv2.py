@@ -8,7 +8,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from flora_mm.adapters import count_adapter_params, freeze_base, inject_adapters
+from flora_mm.adapters import adapt_model
 from flora_mm.registry import MODELS
 from .convnextv2_checkpoint import load_pretrained
 
@@ -97,13 +97,8 @@ class FLoRAConvNeXtV2(BaseModule):
             load_pretrained(self, pretrained)
         self.adapter = copy.deepcopy(adapter)
         if adapter is not None:
-            inject_adapters(self, adapter)
-            freeze_base(self, adapter['type'], trainable)
-            counts = count_adapter_params(self)
-            print_log(f'FLoRAConvNeXtV2-{arch}: {adapter["type"]} on '
-                      f'{len(counts["per_layer"])} layers, {counts["trainable"]:,} of '
-                      f'{counts["model_total"]:,} backbone parameters trainable',
-                      logger='current')
+            report = adapt_model(self, adapter, trainable)
+            print_log(f'FLoRAConvNeXtV2-{arch}: {report.summary()}', logger='current')
 
     def init_weights(self) -> None:
         """Keep the weights set in ``__init__`` (timm init or ``pretrained``)."""
