@@ -3,7 +3,8 @@
 # tools/misc/make_tiny_datasets.py (128 px, 6 of the 150 classes drawn), for a CPU.
 # Differs from the real config only in size (backbone, head width, crop, schedule), BN instead
 # of SyncBN (SyncBN needs CUDA), fp32 compute (bf16 matmuls are slow on most CPUs), no backbone
-# weights to load. Checkpoints hold the adapters, the pyramid and the heads only.
+# weights to load, hence full checkpoints (adapter-only ones need the frozen base from a
+# `pretrained` file; tests/test_tools/test_internvit_fsdp.py runs them with one).
 # Data root: $FLORA_MM_TINY_DATA (default data/tiny) + /ade/ADEChallengeData2016.
 _base_ = '../flora/upernet-internvit/upernet_internvit-6b-flora-r8_8xb2-80k_ade20k-504x504.py'
 
@@ -51,4 +52,5 @@ param_scheduler = [
 optim_wrapper = dict(optimizer=dict(lr=2e-3))
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=max_iters))
 strategy = dict(model_wrapper=dict(mixed_precision=None))
+custom_hooks = []
 env_cfg = dict(cudnn_benchmark=False)

@@ -105,6 +105,7 @@ def _tiny(cfg):
 def test_config_builds_and_trains_tiny(config):
     cfg = Config.fromfile(osp.join(ROOT, config))
     assert cfg.runner_type == 'FlexibleRunner' and cfg.strategy.type == 'FSDPStrategy'
+    assert cfg.custom_hooks == [dict(type='flora_mm.AdapterCheckpointHook')]
     policy = cfg.strategy.model_wrapper.auto_wrap_policy
     assert FUNCTIONS.get(policy.type) is flora_mm.engine.class_name_wrap_policy
     _tiny(cfg)

@@ -18,7 +18,7 @@ def _full_params(model) -> dict:
 @HOOKS.register_module(force=True)
 class FSDPProbeHook(Hook):
     """Saves ``probe.pt`` in ``out_dir``: ``wrapper``, ``units``, ``start_iter``, ``losses``,
-    ``trainable`` and the full parameters ``before`` / ``after`` training."""
+    ``inputs`` (pixel sums), ``trainable``, the full optimizer state at the start and the full parameters ``before`` / ``after`` training."""
 
     priority = 'LOWEST'
 
@@ -33,14 +33,17 @@ class FSDPProbeHook(Hook):
                          if isinstance(m, FSDP) and n),
             trainable=sorted(fsdp_clean_name(n) for n, p in model.named_parameters()
                              if p.requires_grad),
-            losses={})
+            losses={}, inputs={})
         self.before = _full_params(model)
+        self.optimizer = FSDP.optim_state_dict(model, runner.optim_wrapper.optimizer)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         self.info['losses'][runner.iter] = float(outputs['loss'])
+        self.info['inputs'][runner.iter] = [float(x.float().sum()) for x in data_batch['inputs']]
 
     def after_train(self, runner) -> None:
         after = _full_params(runner.model)
         if runner.rank == 0:
-            torch.save(dict(info=self.info, before=self.before, after=after),
+            torch.save(dict(info=self.info, before=self.before, after=after,
+                            optimizer=self.optimizer),
                        osp.join(self.out_dir, 'probe.pt'))

@@ -4,8 +4,8 @@ FSDPStrategy (torch FSDP, one unit per block), adapter-only checkpoints, ``--res
 ``tools/dist_test.sh`` through mmseg's IoUMetric.
 
 Run A trains 4 iterations (checkpoints at 2 and 4, validation at 4); run C resumes from A's
-iteration-2 checkpoint. The pipeline is deterministic (no random augmentation), so C must
-reproduce A exactly.
+iteration-2 checkpoint. Data and model are deterministic (no random augmentation, no dropout),
+so C must reproduce A exactly.
 """
 import glob
 import json
@@ -24,7 +24,8 @@ custom_imports = dict(imports=['flora_mm', 'fsdp_probe_hook'], allow_failed_impo
 data_root = '{data}/ade'
 crop_size = (56, 56)
 model = dict(data_preprocessor=dict(size=crop_size),
-             backbone=dict(img_size=56, pretrained='{pretrained}'))
+             backbone=dict(img_size=56, pretrained='{pretrained}'),
+             decode_head=dict(dropout_ratio=0.), auxiliary_head=dict(dropout_ratio=0.))
 pipeline = [dict(type='LoadImageFromFile'),
             dict(type='Resize', scale=crop_size, keep_ratio=False),
             dict(type='LoadAnnotations', reduce_zero_label=True),

@@ -9,7 +9,9 @@
 # InternVL's full fine-tuning, which already needs layer decay to be stable; s = 0.04 as
 # slowly as LoRA; and the paper says InternViT-6B needs another scale than ConvNeXt-V2-L (4).
 # No layer decay for the adapter columns (InternVL's head-tuning setting, decay 1.0).
-# Only adapters and the new pyramid of the backbone train; UperNet trains fully.
+# Only adapters and the new pyramid of the backbone train; UperNet trains fully. Checkpoints
+# hold no frozen weight (AdapterCheckpointHook): --resume and tools/test.py take it from
+# `pretrained`.
 _base_ = [
     '../../_base_/models/upernet_internvit-6b.py',
     '../../_base_/datasets/ade20k_504x504.py',
@@ -21,3 +23,4 @@ model = dict(
     backbone=dict(
         adapter=dict(type='FLoRA', rank=8, scale=0.4, targets={{_base_.adapter_targets}})))
 optim_wrapper = dict(paramwise_cfg=dict(decay_rate=1.0))
+custom_hooks = [dict(type='flora_mm.AdapterCheckpointHook')]

@@ -20,7 +20,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from timm.layers import DropPath, LayerNorm2d, LayerScale, Mlp
 
-from flora_mm.adapters import count_adapter_params, freeze_base, inject_adapters
+from flora_mm.adapters import adapt_model
 from flora_mm.registry import MODELS
 from .internvit_checkpoint import load_pretrained, resize_pos_embed
 
@@ -249,13 +249,9 @@ class FLoRAInternViT(BaseModule):
         if adapter is not None:
             adapter = dict(adapter)
             adapter.setdefault('targets', ADAPTER_TARGETS)
-            inject_adapters(self, adapter)
             keep = list(trainable) + ([PYRAMID] if with_fpn else [])
-            freeze_base(self, adapter['type'], keep)
-            counts = count_adapter_params(self)
-            print_log(f'FLoRAInternViT: {adapter["type"]} on {len(counts["per_layer"])} '
-                      f'layers, {counts["trainable"]:,} of {counts["model_total"]:,} '
-                      'backbone parameters trainable (pyramid included)', logger='current')
+            report = adapt_model(self, adapter, keep)
+            print_log(f'FLoRAInternViT: {report.summary()} (pyramid included)', logger='current')
         elif trainable:
             raise ValueError('FLoRAInternViT: `trainable` needs an `adapter` (without one the '
                              'whole backbone is trained)')
