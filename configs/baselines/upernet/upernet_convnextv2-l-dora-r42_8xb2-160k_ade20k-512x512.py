@@ -8,5 +8,4 @@ model = dict(
             _delete_=True,
             type='DoRA',
             rank=42,
-            alpha=42,
-            targets={{_base_.adapter_targets}})))
+            alpha=42)))
