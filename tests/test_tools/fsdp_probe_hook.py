@@ -18,7 +18,8 @@ def _full_params(model) -> dict:
 @HOOKS.register_module(force=True)
 class FSDPProbeHook(Hook):
     """Saves ``probe.pt`` in ``out_dir``: ``wrapper``, ``units``, ``start_iter``, ``losses``,
-    ``inputs`` (pixel sums), ``trainable``, the full optimizer state at the start and the full parameters ``before`` / ``after`` training."""
+    ``inputs`` (pixel sums), ``trainable``, the full optimizer state at the start and the full
+    parameters ``before`` / ``after`` training."""
 
     priority = 'LOWEST'
 
