@@ -78,6 +78,53 @@ def _patch_mmengine_checkpoint_loader() -> None:
     CheckpointLoader.register_scheme(prefixes='', loader=_load_local_checkpoint, force=True)
 
 
+def _fsdp_load_optim_state_dict(self, state_dict: dict) -> None:
+    """``FSDPStrategy.load_optim_state_dict`` with torch's argument order.
+
+    mmengine 0.10.7 calls ``FSDP.optim_state_dict_to_load(state_dict, model, optimizer)``, the
+    torch 2.0 order; since torch 2.1 it is ``(model, optim, optim_state_dict)``, so resuming a
+    sharded run failed with ``TypeError: unhashable type: 'dict'``.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    optimizer = self.optim_wrapper.optimizer
+    self.optim_wrapper.load_state_dict(
+        FullyShardedDataParallel.optim_state_dict_to_load(self.model, optimizer, state_dict))
+
+
+def _patch_mmengine_fsdp_resume() -> None:
+    try:
+        from mmengine._strategy import FSDPStrategy
+    except ImportError:  # no mmengine, or one without strategies
+        return
+    FSDPStrategy.load_optim_state_dict = _fsdp_load_optim_state_dict
+
+
+def _patch_fsdp_cpu_optim_gather() -> None:
+    """Copy each gathered optimizer state out of FSDP's reused buffer on CPU.
+
+    torch 2.14's FSDP (``_allgather_orig_param_states``) all-gathers every optimizer state
+    (``exp_avg``, ``exp_avg_sq``) of a unit into one buffer and keeps views of it; with
+    ``offload_to_cpu`` the ``.cpu()`` that copies them on GPUs is a no-op on CPU processes, so
+    every state of a full optimizer state dict came out equal to the last one gathered and a
+    resumed run diverged. Cloning CPU views before they are unflattened fixes it; GPU runs are
+    unchanged.
+    """
+    from torch.distributed.fsdp import _optim_utils
+    original = _optim_utils._unflatten_orig_param_states
+    if getattr(original, '_flora_mm_patched', False):
+        return
+
+    def unflatten(fsdp_param_info, output_states, state_name, *args, **kwargs):
+        for states in output_states.values():
+            value = states.get(state_name)
+            if torch.is_tensor(value) and value.device.type == 'cpu':
+                states[state_name] = value.clone()
+        return original(fsdp_param_info, output_states, state_name, *args, **kwargs)
+
+    unflatten._flora_mm_patched = True
+    _optim_utils._unflatten_orig_param_states = unflatten
+
+
 def apply_compat() -> None:
     """Apply every fix once; safe to call repeatedly."""
     global _applied
@@ -85,4 +132,6 @@ def apply_compat() -> None:
         return
     _restore_collections_aliases()
     _patch_mmengine_checkpoint_loader()
+    _patch_mmengine_fsdp_resume()
+    _patch_fsdp_cpu_optim_gather()
     _applied = True

@@ -1,8 +1,10 @@
-"""Runner-side parts of flora_mm: hooks (registered on import), adapter-only checkpoints and
-optimizer constructors."""
+"""Runner-side parts of flora_mm: hooks (registered on import), adapter-only checkpoints,
+optimizer constructors and FSDP helpers."""
+from .fsdp import class_name_wrap_policy, fsdp_clean_name
 from .hooks import AdapterAnalysisHook, AdapterCheckpointHook, FLoRAHook
 from .optimizers import LayerDecayOptimizerConstructor
 
 __all__ = [
-    'AdapterAnalysisHook', 'AdapterCheckpointHook', 'FLoRAHook', 'LayerDecayOptimizerConstructor'
+    'AdapterAnalysisHook', 'AdapterCheckpointHook', 'FLoRAHook', 'LayerDecayOptimizerConstructor',
+    'class_name_wrap_policy', 'fsdp_clean_name'
 ]

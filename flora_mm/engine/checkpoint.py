@@ -7,6 +7,8 @@ from typing import List
 
 import torch.nn as nn
 
+from .fsdp import fsdp_clean_name
+
 # Key under checkpoint['meta'] describing an adapter-only checkpoint.
 META_KEY = 'flora_mm'
 
@@ -15,10 +17,12 @@ def frozen_state_keys(model: nn.Module) -> List[str]:
     """State-dict keys of the frozen parameters (``requires_grad=False``) of ``model``.
 
     Buffers (BatchNorm statistics, ...) are never listed: they are small and may change during
-    training even in frozen modules, so adapter-only checkpoints keep them.
+    training even in frozen modules, so adapter-only checkpoints keep them. Read from the
+    parameters, not from ``state_dict()``, so that the module inside an FSDP wrapper
+    (``use_orig_params=True``) works too, without a collective: the wrapper prefixes are removed.
     """
-    return [k for k, v in model.state_dict(keep_vars=True).items()
-            if isinstance(v, nn.Parameter) and not v.requires_grad]
+    return [fsdp_clean_name(n) for n, p in model.named_parameters(remove_duplicate=False)
+            if not p.requires_grad]
 
 
 def strip_frozen(checkpoint: dict, model: nn.Module) -> List[str]:

@@ -5,6 +5,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.optim import BaseOptimWrapper
+from torch.distributed.fsdp import FullyShardedDataParallel
 
 from flora_mm.registry import HOOKS
 from ..checkpoint import META_KEY, fill_frozen, is_adapter_only, strip_frozen
@@ -35,6 +36,13 @@ class AdapterCheckpointHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """Complete an adapter-only checkpoint with the model's pretrained frozen weights."""
         if not is_adapter_only(checkpoint):
+            return
+        if isinstance(runner.model, FullyShardedDataParallel):
+            # The strategy loads with strict=False, which keeps the frozen base the model was
+            # built with (pretrained); filling from state_dict() would gather the whole model.
+            print_log('AdapterCheckpointHook: adapter-only checkpoint under FSDP: the frozen '
+                      'tensors stay those the model was built with (pretrained)',
+                      logger='current')
             return
         model = _unwrap(runner.model)
         if (not isinstance(runner.optim_wrapper, BaseOptimWrapper)
