@@ -113,7 +113,9 @@ class FLoRAHook(Hook):
 
     1. inject ``adapter`` into the matching layers that have no adapter yet (layers adapted at
        construction, e.g. by ``FLoRAConvNeXtV2(adapter=...)``, are left alone);
-    2. freeze everything except adapter parameters and ``trainable``;
+    2. freeze everything except adapter parameters, ``trainable`` and what submodules keep
+       trainable under every policy (their ``keep_trainable`` regexes: the output norms of
+       ``FLoRAConvNeXtV2``);
     3. if the set of trainable parameters changed and the model is DDP-wrapped, re-wrap it with
        ``runner.wrap_model`` (DDP registers its gradient hooks for the parameters that required
        grad at wrap time; a stale wrapper needs ``find_unused_parameters`` or fails with
@@ -193,11 +195,13 @@ class FLoRAHook(Hook):
             # Layers adapted at construction keep their adapter; inject where none exists.
             cfg['exclude'] = list(cfg.get('exclude') or []) + [re.escape(n) for n in existing]
             injected = inject_adapters(model, cfg)
-            freeze_base(model, cfg['type'], self.trainable)
+            freeze_base(model, cfg['type'], self.trainable + _kept_by_modules(model))
+            scales = sorted({layer.adapter_scale for layer in injected.values()})
             print_log(f'FLoRAHook: {cfg["type"]} injected into {len(injected)} layers '
-                      f'({len(existing)} were adapted already)', logger='current')
+                      + (f'(scale {", ".join(f"{s:g}" for s in scales)}) ' if scales else '')
+                      + f'({len(existing)} were adapted already)', logger='current')
         elif self.trainable:
-            freeze_base(model, 'FLoRA', self.trainable)
+            freeze_base(model, 'FLoRA', self.trainable + _kept_by_modules(model))
         else:
             return False
         # Some modules reset requires_grad in train() (mmdet ResNet's frozen_stages), which
@@ -286,6 +290,14 @@ class FLoRAHook(Hook):
         if absent:
             print_log(f'FLoRAHook: frozen keys of the checkpoint that the model lacks: '
                       f'{absent}', logger='current', level=logging.WARNING)
+
+
+def _kept_by_modules(model: nn.Module) -> List[str]:
+    """Regexes of parameters that submodules keep trainable under every freeze policy (their
+    ``keep_trainable`` attribute, e.g. FLoRAConvNeXtV2's output norms), as model names."""
+    return [f'{re.escape(name)}\\.(?:{pattern})' if name else pattern
+            for name, module in model.named_modules()
+            for pattern in getattr(module, 'keep_trainable', ())]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
