@@ -147,7 +147,7 @@ def test_config_builds(config):
     backbone_trainable = sum(p.numel() for n, p in model.backbone.named_parameters()
                              if p.requires_grad)
     assert backbone_trainable == _expected_backbone_trainable(model.backbone, adapter)
-    _check_features(model, drop_path=cfg.model.backbone.drop_path_rate > 0)
+    _check_features(model, drop_path=cfg.model.backbone.get('drop_path_rate', 0) > 0)
     if adapter and adapter['type'] in ('LoRA', 'DoRA'):  # alpha = rank unless set: scale 1
         assert 'alpha' not in adapter
         assert {layer.adapter_scale for layer in adapter_layers(model.backbone).values()} == {1.}
