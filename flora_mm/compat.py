@@ -7,6 +7,7 @@ installed files untouched.
 import collections
 import collections.abc
 import os.path as osp
+import pickle
 
 import torch
 
@@ -24,18 +25,49 @@ def _restore_collections_aliases() -> None:
             setattr(collections, name, getattr(collections.abc, name))
 
 
+def _history_buffer_method(owner: type, name: str):
+    """The ``getattr`` of mmengine's checkpoints, limited to what they pickle with it: the
+    statistics methods of ``HistoryBuffer`` (``getattr(HistoryBuffer, 'mean')``)."""
+    from mmengine.logging import HistoryBuffer
+    method = getattr(owner, name, None) if owner is HistoryBuffer else None
+    if name.startswith('_') or not callable(method):
+        raise pickle.UnpicklingError(f'getattr({owner!r}, {name!r}) is not a statistics method '
+                                     'of mmengine.logging.HistoryBuffer')
+    return method
+
+
+def _mmengine_checkpoint_globals() -> list:
+    """The non-tensor types in the checkpoints mmengine's runner writes: the message hub's
+    ``HistoryBuffer`` (with its statistics methods) and the numpy arrays / scalars inside it
+    and in ``meta`` (the seed)."""
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+    return [HistoryBuffer, (_history_buffer_method, 'builtins.getattr'),
+            np.core.multiarray._reconstruct, np.core.multiarray.scalar, np.ndarray, np.dtype,
+            *(getattr(np.dtypes, n) for n in np.dtypes.__all__)]
+
+
 def _load_local_checkpoint(filename: str, map_location=None):
-    """mmengine's local checkpoint loader, with ``weights_only=False``.
+    """mmengine's local checkpoint loader, ``weights_only=True`` with mmengine's own types.
 
     torch >= 2.6 defaults ``torch.load`` to ``weights_only=True``; mmengine 0.10.7 does not pass
-    the flag, so its own checkpoints (message hub, numpy arrays, config meta) cannot be resumed or
-    tested. These are files the user's own runs wrote; pretrained weights that come from outside
-    are read by flora_mm's backbone loader, which keeps ``weights_only=True``.
+    the flag, so its own checkpoints (message hub, numpy values) cannot be resumed or tested.
+    Only the types those hold are allowed in addition to torch's defaults, so a ``load_from``
+    file from elsewhere is read as safely as by plain ``torch.load``; one that needs other
+    globals is refused with their names.
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
-    return torch.load(filename, map_location=map_location, weights_only=False)
+    with torch.serialization.safe_globals(_mmengine_checkpoint_globals()):
+        try:
+            return torch.load(filename, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise pickle.UnpicklingError(
+                f'{filename}: flora_mm loads checkpoints with weights_only=True, allowing the '
+                'types of mmengine\'s own checkpoints only. If you trust this file, allow the '
+                'globals named below with torch.serialization.add_safe_globals in a module of '
+                f'custom_imports.\n{err}') from None
 
 
 def _patch_mmengine_checkpoint_loader() -> None:

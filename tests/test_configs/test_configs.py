@@ -21,7 +21,8 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DATASETS, MODELS, init_default_scope
 
 import flora_mm  # noqa: F401  (registers flora_mm's modules, compat fixes)
-from flora_mm.adapters import adapter_layers, count_adapter_params, layer_param_count
+from flora_mm.adapters import adapter_layers, count_adapter_params, layer_param_count, \
+    parse_adapter_cfg, select_layers
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = sorted(
@@ -29,6 +30,10 @@ CONFIGS = sorted(
                                             recursive=True)
     if '_base_' not in p)
 ATTO_CHANNELS = [40, 80, 160, 320]
+# The paper's layer set, "all weight matrices or tensors" (Sec. 5.2), as the configs named it
+# before they relied on the default `targets`: stem, downsampling convs, 7x7 depthwise convs,
+# MLP linears.
+PAPER_LAYERS = [r'stem\.0', r'stages\.\d+\.downsample\.1', r'.*\.conv_dw', r'.*\.mlp\.fc[12]']
 
 
 def test_config_set_is_complete():
@@ -70,7 +75,7 @@ def _expected_backbone_trainable(backbone: torch.nn.Module, adapter: dict) -> in
     norms = sum(p.numel() for p in _output_norm_params(backbone).values())
     if method in ('FLoRA', 'LoRA', 'DoRA'):
         counts = count_adapter_params(backbone)
-        targets = adapter['targets']
+        targets = adapter.get('targets') or PAPER_LAYERS
         layers = [n for n, m in backbone.named_modules()
                   if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
                   and any(re.fullmatch(t, n) for t in targets)]
@@ -124,6 +129,21 @@ def _check_features(model: torch.nn.Module, drop_path: bool) -> None:
     frozen = not any(p.requires_grad for p in backbone.stages.parameters())
     assert all(s.training != frozen for s in backbone.stages)
     assert same == (frozen or not drop_path)
+
+
+@pytest.mark.parametrize('arch', ['atto', 'large'])
+def test_default_targets_are_the_paper_layers(arch):
+    """An adapter without ``targets`` selects exactly the paper's layers on the real archs."""
+    import timm
+    with torch.device('meta'):  # ConvNeXt-V2-L's 196M weights, without allocating them
+        net = timm.create_model(f'convnextv2_{arch}', num_classes=0)
+    backbone = torch.nn.ModuleDict(dict(stem=net.stem, stages=net.stages))
+    spec = parse_adapter_cfg(dict(type='FLoRA', rank=1))
+    default = [p.name for p in select_layers(backbone, spec)]
+    spec.targets = PAPER_LAYERS
+    assert default == [p.name for p in select_layers(backbone, spec)]
+    depths = [len(stage.blocks) for stage in net.stages]
+    assert len(default) == 1 + 3 + 3 * sum(depths)
 
 
 @pytest.mark.parametrize('config', CONFIGS)

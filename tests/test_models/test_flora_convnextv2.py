@@ -326,10 +326,15 @@ def test_frozen_base_is_deterministic_in_train_mode():
 
 
 def test_pretrained_errors(tmp_path, timm_atto_file):
-    path, _ = timm_atto_file
+    path, state = timm_atto_file
     with pytest.raises(ValueError, match=r'stem\.0\.weight: checkpoint \(40, 3, 4, 4\) vs model '
                        r'\(48, 3, 4, 4\)'):
         FLoRAConvNeXtV2(arch='femto', pretrained=str(path))
+    official = tmp_path / 'official_atto.pth'
+    torch.save({'model': _to_official(state)}, official)
+    with pytest.raises(ValueError, match=r'official ConvNeXt-V2 checkpoint does not fit the '
+                       r'model \(is `arch` right\?\)'):
+        FLoRAConvNeXtV2(arch='femto', pretrained=str(official))
     with pytest.raises(FileNotFoundError, match='never downloaded'):
         FLoRAConvNeXtV2(pretrained=str(tmp_path / 'nope.pth'))
     junk = tmp_path / 'junk.pth'

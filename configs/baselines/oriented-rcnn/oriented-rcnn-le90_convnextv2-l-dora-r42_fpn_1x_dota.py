@@ -8,5 +8,4 @@ model = dict(
         adapter=dict(
             _delete_=True,
             type='DoRA',
-            rank=42,
-            targets={{_base_.adapter_targets}})))
+            rank=42)))

@@ -8,8 +8,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from flora_mm.adapters import adapter_layers, count_adapter_params, freeze_base, \
-    inject_adapters
+from flora_mm.adapters import adapt_model
 from flora_mm.registry import MODELS
 from .convnextv2_checkpoint import load_pretrained
 
@@ -118,15 +117,8 @@ class FLoRAConvNeXtV2(BaseModule):
         # Regexes every freeze policy keeps trainable, here and in FLoRAHook.
         self.keep_trainable = [OUT_NORMS] + list(trainable)
         if adapter is not None:
-            inject_adapters(self, adapter)
-            freeze_base(self, adapter['type'], self.keep_trainable)
-            counts = count_adapter_params(self)
-            scales = sorted({layer.adapter_scale for layer in adapter_layers(self).values()})
-            print_log(f'FLoRAConvNeXtV2-{arch}: {adapter["type"]} on '
-                      f'{len(counts["per_layer"])} layers'
-                      + (f' (scale {", ".join(f"{s:g}" for s in scales)})' if scales else '')
-                      + f', {counts["trainable"]:,} of {counts["model_total"]:,} backbone '
-                      'parameters trainable (output norms included)', logger='current')
+            report = adapt_model(self, adapter, trainable)
+            print_log(f'FLoRAConvNeXtV2-{arch}: {report.summary()}', logger='current')
 
     def init_weights(self) -> None:
         """Keep the weights set in ``__init__`` (timm init or ``pretrained``)."""
