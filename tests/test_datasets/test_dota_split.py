@@ -163,9 +163,9 @@ def test_split_refuses_existing_output_and_bad_options(split_sets, tmp_path):
 def test_test_config_merges_patch_predictions(split_sets, tmp_path):
     """The test-server evaluator of the config, fed the patches' own labels as predictions,
     writes every raw object once, back in full-image coordinates (Task1 format)."""
-    from mmengine.registry import DATASETS, METRICS
+    from mmrotate.registry import DATASETS, METRICS
     from mmrotate.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
+    register_all_modules(init_default_scope=True)  # the pipeline's transforms
     cfg = Config.fromfile(TEST_CONFIG)
     assert cfg.test_dataloader.dataset.ann_file == ''
     assert cfg.test_evaluator.format_only and cfg.test_evaluator.merge_patches
@@ -173,7 +173,7 @@ def test_test_config_merges_patch_predictions(split_sets, tmp_path):
     assert cfg.train_dataloader.dataset.ann_file == 'trainval/annfiles/'
     out = osp.join(split_sets['out'], 'train')
     dataset = DATASETS.build(dict(
-        type='mmrotate.DOTADataset', data_root=out, ann_file='annfiles/',
+        type='DOTADataset', data_root=out, ann_file='annfiles/',
         data_prefix=dict(img_path='images/'), test_mode=True,
         pipeline=[dict(type='mmdet.LoadAnnotations', with_bbox=True, box_type='qbox'),
                   dict(type='ConvertBoxType', box_type_mapping=dict(gt_bboxes='rbox')),

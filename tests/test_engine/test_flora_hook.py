@@ -176,8 +176,9 @@ def test_bad_trainable_regex():
 
 @pytest.mark.parametrize('adapter', [None, dict(type='LoRA', rank=2, targets=[r'head'])])
 def test_hook_keeps_backbone_output_norms_trainable(adapter):
-    """FLoRAHook's freeze keeps what FLoRAConvNeXtV2 keeps trainable under every policy (its
-    output norms), and the parameter table counts them in the backbone row."""
+    """The hook's freeze (adapt_model) keeps what FLoRAConvNeXtV2 keeps trainable under every
+    policy (its output norms), and the parameter table counts them in the backbone row."""
+    from flora_mm.adapters import param_table
     from flora_mm.models import FLoRAConvNeXtV2
     model = nn.Module()
     model.backbone = FLoRAConvNeXtV2(arch='atto', out_indices=(2, 3),
@@ -185,7 +186,8 @@ def test_hook_keeps_backbone_output_norms_trainable(adapter):
     model.head = nn.Linear(320, 1)
     norms = sum(p.numel() for n, p in model.backbone.named_parameters() if n.startswith('norm'))
     assert norms == 2 * (160 + 320)
-    FLoRAHook(adapter=adapter, trainable=['head']).adapt(model)
+    report = adapt_model(model, adapter, ['head'])
+    assert report.scales == ([1.0] if adapter else [])
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {'backbone.norm2.weight', 'backbone.norm2.bias', 'backbone.norm3.weight',
             'backbone.norm3.bias', 'head.weight', 'head.bias'} <= trainable
