@@ -23,6 +23,8 @@ class AdaptReport:
         changed: Whether the set of trainable parameters changed.
         trainable: Trainable parameter elements afterwards.
         total: All parameter elements.
+        scales: The distinct effective scales ``s`` of the injected layers (LoRA / DoRA:
+            alpha / rank).
     """
 
     method: str | None
@@ -32,6 +34,7 @@ class AdaptReport:
     changed: bool
     trainable: int
     total: int
+    scales: list[float]
 
     def summary(self) -> str:
         """One line: what was injected and how much of the model trains."""
@@ -39,6 +42,8 @@ class AdaptReport:
             head = f'{self.method} freeze policy (nothing injected)'
         elif self.method is not None:
             head = f'{self.method} injected into {len(self.injected)} layers'
+            if self.scales:
+                head += f' (scale {", ".join(f"{s:g}" for s in self.scales)})'
             if self.existing:
                 head += f' ({len(self.existing)} were adapted already)'
         else:
@@ -69,7 +74,9 @@ def adapt_model(model: nn.Module, adapter: Mapping | None = None,
         adapter: An :func:`inject_adapters` config; None injects nothing.
         trainable: Regexes (fullmatch on parameter or module names) that stay trainable. With
             ``adapter=None`` the existing adapters plus ``trainable`` are kept; with neither,
-            ``requires_grad`` is left as the model set it.
+            ``requires_grad`` is left as the model set it. Submodules may add their own: the
+            regexes of a ``keep_trainable`` attribute (relative to that submodule, e.g. the
+            output norms of a dense-prediction backbone) stay trainable under every policy.
 
     Returns:
         The report.
@@ -81,14 +88,15 @@ def adapt_model(model: nn.Module, adapter: Mapping | None = None,
     existing = sorted(adapter_layers(model))
     injected: list[str] = []
     method = None
+    keep = list(trainable) + _kept_by_modules(model)
     if adapter is not None:
         cfg = dict(adapter)
         cfg['exclude'] = list(cfg.get('exclude') or []) + [re.escape(n) for n in existing]
         injected = list(inject_adapters(model, cfg))
         method = cfg['type']
-        freeze_base(model, method, trainable)
+        freeze_base(model, method, keep)
     elif trainable:
-        freeze_base(model, 'FLoRA', trainable)
+        freeze_base(model, 'FLoRA', keep)
     refrozen = []
     if adapter is not None or trainable:
         intended = _trainable_ids(model)
@@ -96,9 +104,11 @@ def adapt_model(model: nn.Module, adapter: Mapping | None = None,
         refrozen = [n for n, p in model.named_parameters()
                     if id(p) in intended and not p.requires_grad]
     counts = count_adapter_params(model)
+    layers = adapter_layers(model)
     return AdaptReport(method=method, injected=injected, existing=existing, refrozen=refrozen,
                        changed=_trainable_ids(model) != was_trainable,
-                       trainable=counts['trainable'], total=counts['model_total'])
+                       trainable=counts['trainable'], total=counts['model_total'],
+                       scales=sorted({layers[n].adapter_scale for n in injected}))
 
 
 def param_table(model: nn.Module) -> str:
@@ -123,6 +133,13 @@ def param_table(model: nn.Module) -> str:
     lines.insert(1, '-' * len(lines[0]))
     lines.insert(len(lines) - 1, '-' * len(lines[0]))
     return '\n'.join(lines)
+
+
+def _kept_by_modules(model: nn.Module) -> list[str]:
+    """``keep_trainable`` regexes of the submodules, as names relative to ``model``."""
+    return [f'{re.escape(name)}\\.(?:{pattern})' if name else pattern
+            for name, module in model.named_modules()
+            for pattern in getattr(module, 'keep_trainable', ())]
 
 
 def _trainable_ids(model: nn.Module) -> set[int]:

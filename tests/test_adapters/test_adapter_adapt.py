@@ -37,8 +37,9 @@ def test_injects_freezes_and_reports():
                          if '.flora_' in n or n.startswith('head.')}
     assert report.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert report.total == sum(p.numel() for p in model.parameters())
-    assert report.summary() == (f'FLoRA injected into 3 layers; {report.trainable:,} of '
-                                f'{report.total:,} parameters trainable')
+    assert report.scales == [FLORA['scale']]
+    assert report.summary() == (f'FLoRA injected into 3 layers (scale {FLORA["scale"]:g}); '
+                                f'{report.trainable:,} of {report.total:,} parameters trainable')
 
 
 def test_existing_adapters_are_kept():

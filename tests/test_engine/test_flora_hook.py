@@ -172,3 +172,26 @@ def test_strip_and_fill_roundtrip():
 def test_bad_trainable_regex():
     with pytest.raises(ValueError, match='trainable regex'):
         FLoRAHook(trainable=['(unclosed'])
+
+
+@pytest.mark.parametrize('adapter', [None, dict(type='LoRA', rank=2, targets=[r'head'])])
+def test_hook_keeps_backbone_output_norms_trainable(adapter):
+    """The hook's freeze (adapt_model) keeps what FLoRAConvNeXtV2 keeps trainable under every
+    policy (its output norms), and the parameter table counts them in the backbone row."""
+    from flora_mm.adapters import param_table
+    from flora_mm.models import FLoRAConvNeXtV2
+    model = nn.Module()
+    model.backbone = FLoRAConvNeXtV2(arch='atto', out_indices=(2, 3),
+                                     adapter=dict(type='FLoRA', rank=2))
+    model.head = nn.Linear(320, 1)
+    norms = sum(p.numel() for n, p in model.backbone.named_parameters() if n.startswith('norm'))
+    assert norms == 2 * (160 + 320)
+    report = adapt_model(model, adapter, ['head'])
+    assert report.scales == ([1.0] if adapter else [])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {'backbone.norm2.weight', 'backbone.norm2.bias', 'backbone.norm3.weight',
+            'backbone.norm3.bias', 'head.weight', 'head.bias'} <= trainable
+    row = next(line.split() for line in param_table(model).splitlines()
+               if line.startswith('backbone'))
+    adapters = count_adapter_params(model.backbone)['total']
+    assert row[2] == f'{adapters + norms:,}'

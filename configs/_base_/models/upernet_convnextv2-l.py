@@ -7,4 +7,6 @@ model = dict(
     pretrained=None,
     backbone=dict(_delete_=True, **_base_.convnextv2_large),
     decode_head=dict(in_channels=[192, 384, 768, 1536], num_classes=150),
-    auxiliary_head=dict(in_channels=768, num_classes=150))
+    auxiliary_head=dict(in_channels=768, num_classes=150),
+    # sliding-window inference as in mmseg's ConvNeXt UperNet recipes (crop 512, stride 341)
+    test_cfg=dict(mode='slide', crop_size=(512, 512), stride=(341, 341)))

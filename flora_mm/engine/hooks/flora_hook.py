@@ -26,7 +26,8 @@ class FLoRAHook(Hook):
     1. :func:`~flora_mm.adapters.adapt_model`: inject ``adapter`` into the matching layers
        that have no adapter yet (layers adapted at construction, e.g. by
        ``FLoRAConvNeXtV2(adapter=...)``, are left alone) and freeze everything except adapter
-       parameters and ``trainable``;
+       parameters, ``trainable`` and what submodules keep trainable under every policy (their
+       ``keep_trainable`` regexes, e.g. the output norms of ``FLoRAConvNeXtV2``);
     2. if the set of trainable parameters changed and the model is DDP-wrapped, re-wrap it with
        ``runner.wrap_model`` (DDP registers its gradient hooks for the parameters that required
        grad at wrap time; a stale wrapper needs ``find_unused_parameters`` or fails with

@@ -17,7 +17,8 @@ Files are read with ``torch.load(weights_only=True)`` or safetensors; nothing is
 import logging
 import math
 import os.path as osp
-from typing import Dict, List, Mapping, NamedTuple, Tuple
+import re
+from typing import Dict, List, Mapping, NamedTuple, Sequence, Tuple
 
 import torch
 from mmengine.logging import print_log
@@ -170,20 +171,26 @@ class LoadReport(NamedTuple):
     missing_keys: List[str]
     unexpected_keys: List[str]
     ignored_keys: List[str]
+    fresh_keys: List[str]
 
 
-def load_pretrained(module: torch.nn.Module, path: str) -> LoadReport:
+def load_pretrained(module: torch.nn.Module, path: str, fresh: Sequence[str] = ()) -> LoadReport:
     """Load ConvNeXt-V2 weights from a local file into a module with timm's key names.
 
     Missing and unexpected keys are logged by name (warning); keys dropped on purpose
-    (classifier, FCMAE decoder, detector parts outside ``backbone.``) are logged at info level.
+    (classifier, FCMAE decoder, detector parts outside ``backbone.``) and ``fresh`` keys the
+    file lacks are logged at info level.
 
     Args:
         module: The module to fill (``stem.*`` / ``stages.*`` keys).
         path: Local checkpoint file.
+        fresh: Regexes (fullmatch) of model keys that a checkpoint may lack: the module's
+            own initial values are kept and they are not reported missing (the output norms
+            of a dense-prediction backbone, absent from classification checkpoints).
 
     Returns:
-        The missing, unexpected and ignored keys.
+        The missing, unexpected, ignored and fresh (absent, kept at their initial values)
+        keys.
 
     Raises:
         ValueError: A tensor's shape differs from the model's (wrong ``arch``?) or no key of
@@ -200,15 +207,20 @@ def load_pretrained(module: torch.nn.Module, path: str) -> LoadReport:
         raise ValueError(f'pretrained={path!r} does not fit the model (is `arch` right?): '
                          f'shape mismatch for ' + '; '.join(mismatched[:10]) +
                          (f' and {len(mismatched) - 10} more' if len(mismatched) > 10 else ''))
-    missing = sorted(set(own) - set(state))
+    absent = sorted(set(own) - set(state))
+    new = [k for k in absent if any(re.fullmatch(p, k) for p in fresh)]
+    missing = [k for k in absent if k not in new]
     unexpected = sorted(set(state) - set(own))
-    if len(missing) == len(own):
+    if len(absent) == len(own):
         raise ValueError(f'pretrained={path!r}: no key matches the model; file keys (after '
                          f'remapping) start with {sorted(state)[:5]}, model keys with '
                          f'{sorted(own)[:5]}')
     module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    print_log(f'Loaded {len(own) - len(missing)}/{len(own)} backbone tensors from {path}',
+    print_log(f'Loaded {len(own) - len(absent)}/{len(own)} backbone tensors from {path}',
               logger='current')
+    if new:
+        print_log(f'pretrained={path!r}: {new} are not in the file and keep their initial '
+                  'values (new layers, trained with the neck)', logger='current')
     if missing:
         print_log(f'pretrained={path!r}: missing keys (left at their initial values): '
                   f'{missing}', logger='current', level=logging.WARNING)
@@ -219,4 +231,4 @@ def load_pretrained(module: torch.nn.Module, path: str) -> LoadReport:
         print_log(f'pretrained={path!r}: ignored {len(ignored)} keys that are not part of the '
                   f'backbone (classifier / decoder / detector heads), e.g. {ignored[:5]}',
                   logger='current')
-    return LoadReport(missing, unexpected, ignored)
+    return LoadReport(missing, unexpected, ignored, new)
