@@ -27,7 +27,22 @@ fingerprint() {
   echo "$VARIANT"
 }
 STAMP=$VENV/.flora_mm_stamp
+
+# --- start-up hook (issue 13): every Python start in the environment applies
+# flora_mm/compat.py's fixes, so the mm* packages' own tools (mmrotate's tools/test.py imports
+# mmrotate.models before a config can load flora_mm) work unchanged. compat.py imports only the
+# standard library up front; a fix that needs a package runs when that package is imported.
+write_startup_hook() {
+  local site compat=$ROOT/flora_mm/compat.py
+  for site in "$VENV"/lib/python3*/site-packages; do
+    printf "import os.path, runpy; os.path.isfile('%s') and runpy.run_path('%s', run_name='flora_mm_compat_startup')['apply_compat']()\n" \
+      "$compat" "$compat" > "$site/flora_mm_compat.pth"
+  done
+}
+# ---
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(fingerprint)" ]; then
+  write_startup_hook
   log "environment up to date: $VENV"
   exit 0
 fi
@@ -72,8 +87,10 @@ fi
 log "using $MMCV_WHEEL"
 
 log "installing the OpenMMLab stack"
-pip_install install -q "$MMCV_WHEEL" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+pip_install install -q "$MMCV_WHEEL" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt" \
+  -r "$ROOT/requirements/tools.txt"
 pip_install install -q --no-build-isolation --no-deps -e "$ROOT"
+write_startup_hook
 
 "$VENV/bin/python" -c "import mmcv.ops, mmdet, mmseg, mmrotate, timm, flora_mm; print('stack ok: flora_mm', flora_mm.__version__)"
 fingerprint > "$STAMP"
