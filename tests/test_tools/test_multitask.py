@@ -38,8 +38,9 @@ def test_switching_matches_separate_models(multi, task_checkpoints, tiny_all, tm
         for ours, theirs in zip(_features(model, x), _features(separate[task], x)):
             torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     # the adapter sets really differ: another task's adapters change the features
-    det_feat = _features(multi.model('det').backbone, x)[-1]
-    seg_feat = _features(multi.model('seg').backbone, x)[-1]
+    with torch.no_grad():
+        det_feat = multi.model('det').backbone(x)[-1]
+        seg_feat = multi.model('seg').backbone(x)[-1]
     assert not torch.allclose(det_feat, seg_feat)
     # end to end through the inferencers, after switching away and back
     multi.switch('seg')
