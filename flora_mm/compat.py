@@ -156,6 +156,47 @@ def _patch_mmcv_flops_counter(cnn_module) -> None:
     cnn_module.get_model_complexity_info = get_model_complexity_info
 
 
+def _patch_mmengine_complexity_info(analysis_module) -> None:
+    """Let ``mmengine.analysis.get_model_complexity_info`` take ``inputs`` with ``input_shape``.
+
+    mmseg 1.2.2's ``tools/analysis_tools/get_flops.py`` passes both (the shape for its report,
+    the preprocessed image to run); mmengine 0.10 raises '"input_shape" and "inputs" cannot be
+    both set.'. Given both, the inputs are used, as the function's docstring says they are.
+    """
+    analyze = analysis_module.get_model_complexity_info
+    if getattr(analyze, '_flora_mm_patched', False):
+        return
+
+    def get_model_complexity_info(model, input_shape=None, inputs=None, *args, **kwargs):
+        if inputs is not None:
+            input_shape = None
+        return analyze(model, input_shape, inputs, *args, **kwargs)
+
+    get_model_complexity_info._flora_mm_patched = True
+    get_model_complexity_info.__doc__ = analyze.__doc__
+    analysis_module.get_model_complexity_info = get_model_complexity_info
+
+
+def _patch_mmseg_draw_sem_seg(visualizer_module) -> None:
+    """Give mmseg's ``SegLocalVisualizer._draw_sem_seg`` a C-contiguous image.
+
+    mmseg 1.2.2's ``tools/analysis_tools/browse_dataset.py`` passes a channel-flipped view of
+    a permuted tensor; the overlay made with ``np.zeros_like`` keeps its strides and OpenCV
+    4.10 refuses to draw on it ("Layout of the output array img is incompatible with cv::Mat").
+    """
+    import numpy as np
+    visualizer = visualizer_module.SegLocalVisualizer
+    draw = visualizer._draw_sem_seg
+    if getattr(draw, '_flora_mm_patched', False):
+        return
+
+    def _draw_sem_seg(self, image, *args, **kwargs):
+        return draw(self, np.ascontiguousarray(image), *args, **kwargs)
+
+    _draw_sem_seg._flora_mm_patched = True
+    visualizer._draw_sem_seg = _draw_sem_seg
+
+
 def apply_compat() -> None:
     """Apply every fix once (lazily where it patches a package); safe to call repeatedly."""
     global _applied
@@ -164,4 +205,6 @@ def apply_compat() -> None:
     _restore_collections_aliases()
     when_imported('mmengine.runner.checkpoint', _patch_mmengine_checkpoint_loader)
     when_imported('mmcv.cnn', _patch_mmcv_flops_counter)
+    when_imported('mmengine.analysis', _patch_mmengine_complexity_info)
+    when_imported('mmseg.visualization.local_visualizer', _patch_mmseg_draw_sem_seg)
     _applied = True
