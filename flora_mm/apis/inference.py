@@ -150,8 +150,10 @@ def _inferencer_classes() -> Dict[str, type]:
 
         def pred2dict(self, data_sample, pred_out_dir=''):
             # RotatedBoxes are no tensor: InstanceData.numpy() would leave them as they are
-            data_sample = data_sample.clone()
-            data_sample.pred_instances.bboxes = data_sample.pred_instances.bboxes.tensor
+            bboxes = data_sample.pred_instances.bboxes
+            if hasattr(bboxes, 'tensor'):
+                data_sample = data_sample.clone()
+                data_sample.pred_instances.bboxes = bboxes.tensor
             return super().pred2dict(data_sample, pred_out_dir)
 
     return {'mmdet': FLoRADetInferencer, 'mmseg': FLoRASegInferencer,

