@@ -88,12 +88,13 @@ def task_checkpoints(tiny_all, pretrained, tmp_path_factory):
     from flora_mm.testing.checkpoints import make_checkpoint
     root = tmp_path_factory.mktemp('task_checkpoints')
     tasks = {}
-    for task, config in DEMO_CONFIGS.items():
+    for seed, (task, config) in enumerate(DEMO_CONFIGS.items()):
         options = {'model.backbone.pretrained': pretrained['atto']}
         paths = dict(full=str(root / f'{task}_full.pth'),
                      adapter_only=str(root / f'{task}_adapter_only.pth'))
         for kind, path in paths.items():
-            make_checkpoint(config, path, options, adapter_only=kind == 'adapter_only', seed=1)
+            make_checkpoint(config, path, options, adapter_only=kind == 'adapter_only',
+                            seed=seed)
         tasks[task] = dict(config=config, cfg_options=options, **paths)
     return tasks
 
