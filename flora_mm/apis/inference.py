@@ -15,7 +15,6 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from mmengine.config import Config
 from mmengine.runner.checkpoint import _load_checkpoint
 
 from .launch import load_config, register_task_modules
