@@ -37,7 +37,22 @@ fingerprint() {
   echo "$VARIANT"
 }
 STAMP=$VENV/.flora_mm_stamp
+
+# --- start-up hook (issue 13): every Python start in the environment applies
+# flora_mm/compat.py's fixes, so the mm* packages' own tools (mmrotate's tools/test.py imports
+# mmrotate.models before a config can load flora_mm) work unchanged. compat.py imports only the
+# standard library up front; a fix that needs a package runs when that package is imported.
+write_startup_hook() {
+  local site compat=$ROOT/flora_mm/compat.py
+  for site in "$VENV"/lib/python3*/site-packages; do
+    printf "import os.path, runpy; os.path.isfile('%s') and runpy.run_path('%s', run_name='flora_mm_compat_startup')['apply_compat']()\n" \
+      "$compat" "$compat" > "$site/flora_mm_compat.pth"
+  done
+}
+# ---
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(fingerprint)" ]; then
+  write_startup_hook
   log "environment up to date: $VENV"
   exit 0
 fi
@@ -122,12 +137,14 @@ fi
 log "using $MMCV_WHEEL"
 
 log "installing the OpenMMLab stack"
-pip_install install -q "$MMCV_WHEEL" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+pip_install install -q "$MMCV_WHEEL" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt" \
+  -r "$ROOT/requirements/tools.txt"
 pip_install install -q --no-build-isolation --no-deps -e "$ROOT"
 if [ "$VARIANT" != cpu ]; then
   # cuobjdump, with which tests/test_stack/test_cuda_build.py finds the kernels in the wheel
   pip_install install -q -r "$ROOT/requirements/cuda.txt"
 fi
+write_startup_hook
 
 "$VENV/bin/python" -c "import mmcv.ops, mmdet, mmseg, mmrotate, timm, flora_mm; print('stack ok: flora_mm', flora_mm.__version__, '| mmcv ops compiled with CUDA:', mmcv.ops.get_compiling_cuda_version())"
 fingerprint > "$STAMP"
