@@ -106,6 +106,7 @@ def load_pretrained(module: torch.nn.Module, path: str) -> LoadReport:
         raise ValueError(f'pretrained={path!r}: no key matches the model; file keys start with '
                          f'{sorted(state)[:5]}, model keys with {sorted(own)[:5]}')
     missing = sorted(k for k in own if k not in state and not _NEW.match(k))
+    fresh = sorted(k for k in own if k not in state and _NEW.match(k))
     unexpected = sorted(k for k in state if k not in own)
     module.load_state_dict({k: state[k] for k in loaded}, strict=False)
     print_log(f'Loaded {len(loaded)}/{len(own)} backbone tensors from {path} (the rest is the '
@@ -120,7 +121,7 @@ def load_pretrained(module: torch.nn.Module, path: str) -> LoadReport:
     if ignored:
         print_log(f'pretrained={path!r}: ignored {len(ignored)} keys outside the backbone, '
                   f'e.g. {ignored[:5]}', logger='current')
-    return LoadReport(missing, unexpected, ignored)
+    return LoadReport(missing, unexpected, ignored, fresh)
 
 
 __all__ = ['load_pretrained', 'official_to_model', 'resize_pos_embed']
