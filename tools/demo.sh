@@ -3,6 +3,9 @@
 # with FLoRA on one of them with 2 processes (tools/dist_train.sh; gloo on a CPU-only machine),
 # evaluate the checkpoint with 2 processes (tools/dist_test.sh) and print the metrics.
 #
+# Last, it draws the checkpoint's predictions on two test images (tools/infer.py) into
+# <work dir>/infer/vis/.
+#
 # Usage: bash tools/demo.sh [CONFIG] [NPROC]
 #   CONFIG  default configs/demo/upernet_convnextv2-atto-flora_tiny-ade.py (about 3 minutes on
 #           2 CPU cores); the other demos are configs/demo/mask-rcnn_*.py and oriented-rcnn_*.py
@@ -33,16 +36,22 @@ rm -rf "$WORK_DIR/test"
 bash tools/dist_test.sh "$CONFIG" "$CHECKPOINT" "$NPROC" --work-dir "$WORK_DIR/test"
 
 # mmengine's LoggerHook writes the test metrics to <work_dir>/<timestamp>/<timestamp>.json
-"$PYTHON" - "$WORK_DIR/test" "$CONFIG" "$CHECKPOINT" $((SECONDS - START)) <<'EOF'
+"$PYTHON" - "$WORK_DIR/test" "$CONFIG" "$CHECKPOINT" <<'EOF'
 import glob
 import json
 import sys
 
-work_dir, config, checkpoint, seconds = sys.argv[1:]
+work_dir, config, checkpoint = sys.argv[1:]
 log = sorted(glob.glob(f'{work_dir}/*/*.json'))[-1]
 metrics = {k: v for k, v in json.load(open(log)).items() if k not in ('time', 'data_time')}
 print(f'\n[demo] {config}\n[demo] checkpoint {checkpoint}')
 for key, value in metrics.items():
     print(f'[demo]   {key:24s} {value}')
-print(f'[demo] done in {seconds} s')
 EOF
+
+echo "[demo] drawing the predictions on two test images"
+rm -rf "$WORK_DIR/infer"
+"$PYTHON" tools/infer.py "$CONFIG" "$CHECKPOINT" --test-set 2 --out-dir "$WORK_DIR/infer" \
+  > "$WORK_DIR/infer.log"
+for picture in "$WORK_DIR"/infer/vis/*; do echo "[demo]   $picture"; done
+echo "[demo] done in $((SECONDS - START)) s"

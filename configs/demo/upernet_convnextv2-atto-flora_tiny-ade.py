@@ -13,7 +13,8 @@ model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(arch='atto', pretrained=None, drop_path_rate=0., adapter=dict(rank=16)),
     decode_head=dict(in_channels=[40, 80, 160, 320], channels=64, norm_cfg=norm_cfg),
-    auxiliary_head=dict(in_channels=160, channels=32, norm_cfg=norm_cfg))
+    auxiliary_head=dict(in_channels=160, channels=32, norm_cfg=norm_cfg),
+    test_cfg=dict(crop_size=crop_size, stride=(85, 85)))  # the recipe's 2/3 overlap
 
 # the colours and textures are the labels: no photometric distortion
 train_pipeline = [

@@ -1,7 +1,8 @@
 # Fidelity experiment, shifted task (tools/analysis/fidelity.py, docs/fidelity.md):
 # mmrotate's Rotated RetinaNet (le90) on a ConvNeXt-V2-atto pre-trained on front-view source
 # scenes, detecting rotated planes, ships and large vehicles seen from above with new textures
-# (DOTA format, 96 px). Sized like the in-domain config; the tool sets the same keys per run.
+# (DOTA format, 96 px). Sized and scheduled like the in-domain config; the tool sets the same
+# keys per run.
 _base_ = 'mmrotate::rotated_retinanet/rotated-retinanet-rbox-le90_r50_fpn_1x_dota.py'
 
 # importing flora_mm registers the backbone and restores `collections.Sequence` for mmrotate
@@ -10,9 +11,6 @@ custom_imports = dict(imports=['flora_mm'], allow_failed_imports=False)
 data_root = 'work_dirs/fidelity/data/topdown_96px_96x48/'
 metainfo = dict(classes=('plane', 'ship', 'large-vehicle'))
 img_scale = (96, 96)
-adapter_targets = [
-    r'(.*\.)?stem[._]0', r'(.*\.)?downsample\.1', r'(.*\.)?conv_dw', r'(.*\.)?mlp\.fc[12]'
-]
 
 model = dict(
     backbone=dict(
@@ -21,7 +19,7 @@ model = dict(
         arch='atto',
         out_indices=(1, 2, 3),
         pretrained='work_dirs/fidelity/pretrain/convnextv2_atto_source_100it.pth',
-        adapter=dict(type='FLoRA', rank=4, kernel_rank=2, scale=4.0, targets=adapter_targets)),
+        adapter=dict(type='FLoRA', rank=4, kernel_rank=2, scale=4.0)),
     neck=dict(in_channels=[80, 160, 320], out_channels=64, start_level=0,
               add_extra_convs=False, num_outs=3),
     bbox_head=dict(
@@ -47,6 +45,7 @@ test_pipeline = [
 ]
 train_dataloader = dict(
     batch_size=4, num_workers=0, persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),  # no pause at epoch ends
     dataset=dict(data_root=data_root, ann_file='train/annfiles/',
                  data_prefix=dict(img_path='train/images/'), metainfo=metainfo,
                  img_shape=img_scale, pipeline=train_pipeline))
@@ -57,12 +56,13 @@ val_dataloader = dict(
                  img_shape=img_scale, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-max_iters = 150
+max_iters = 400  # about 17 epochs of the 96 generated training images
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters,
                  val_interval=max_iters)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=10),
-    dict(type='PolyLR', power=1.0, eta_min=0., by_epoch=False, begin=10, end=max_iters)
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=max_iters // 15),
+    dict(type='PolyLR', power=1.0, eta_min=0., by_epoch=False, begin=max_iters // 15,
+         end=max_iters)
 ]
 optim_wrapper = dict(
     type='OptimWrapper', optimizer=dict(_delete_=True, type='AdamW', lr=2e-3,

@@ -47,6 +47,8 @@ ADAPTER_METHODS = ('FLoRA', 'LoRA', 'DoRA')
 TRAFFIC_COST = 16
 OP_COST = 100_000
 FORWARD_MODES = ('auto', 'factorized', 'merged')
+# Lower bound of DoRA's ||V||_c against 0 / 0 (the eps of ``F.normalize``).
+DORA_NORM_EPS = 1e-12
 STANDARD_BASES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Subclasses that override ``forward`` but keep its semantics for non-empty inputs.
 FORWARD_COMPATIBLE = frozenset({
@@ -161,8 +163,6 @@ class AdapterLayer:
         self._adapter_requires_grad = (self.weight.requires_grad,
                                        None if self.bias is None else self.bias.requires_grad)
         self._adapter_dtypes = (self.weight.dtype, self.weight.dtype)  # (original, stored)
-        self._adapter_geometry = (ConvGeometry.from_module(self)
-                                  if isinstance(self, nn.modules.conv._ConvNd) else None)
         self.weight.requires_grad_(False)
         if self.bias is not None:
             self.bias.requires_grad_(False)
@@ -172,7 +172,13 @@ class AdapterLayer:
 
     @property
     def is_conv(self) -> bool:
-        return self._adapter_geometry is not None
+        return isinstance(self, nn.modules.conv._ConvNd)
+
+    @property
+    def _adapter_geometry(self) -> ConvGeometry | None:
+        # Read on every call like the base op does, so that a later change of the layer's
+        # geometry (e.g. ``padding_mode``) reaches the adapter branch too.
+        return ConvGeometry.from_module(self) if self.is_conv else None
 
     @property
     def adapter_config(self) -> dict:
@@ -190,7 +196,7 @@ class AdapterLayer:
 
     def _adapter_attr_names(self) -> tuple[str, ...]:
         return ('adapter_base_class', 'adapter_scale', 'adapter_dropout', 'forward_mode',
-                'merged', '_adapter_requires_grad', '_adapter_dtypes', '_adapter_geometry')
+                'merged', '_adapter_requires_grad', '_adapter_dtypes')
 
     # ----------------------------------------------------------------- weight space
     def _low_rank_delta(self) -> torch.Tensor:
@@ -493,7 +499,9 @@ class DoRALayer(LoRALayer):
 
     ``dora_magnitude`` ``(out,)`` starts at ``||W0||_c``, the norm over every dim but the output
     channel, so ``W = W0`` at init. As in section 4.3 of the DoRA paper, ``||V||_c`` is treated as
-    a constant in backward (detached): same forward values, much less activation memory.
+    a constant in backward (detached): same forward values, much less activation memory. The
+    norm is clamped to ``DORA_NORM_EPS``, so an all-zero output channel of ``W0`` (``m = 0``)
+    stays zero instead of giving ``0 / 0``.
     Factorized forward: ``(m / ||V||_c) * (W0 x + s B A x) + bias``; merged: one op with ``W``.
     ``merge()`` caches ``||V||_c`` so that ``unmerge()`` restores ``W0`` exactly.
     """
@@ -522,13 +530,21 @@ class DoRALayer(LoRALayer):
         weight = self.weight.to(self._lora_a.dtype)
         if not self.merged:
             return weight
-        ratio = _per_channel(self._dora_merged_norm / self.dora_magnitude, weight.dim())
-        return weight * ratio - super()._low_rank_delta()
+        # A channel with m = 0 was merged to zero; its V is taken as 0 (exact for the dead
+        # channels of an all-zero W0 row, whose B row never receives a gradient).
+        dead = self.dora_magnitude == 0
+        ratio = torch.where(dead, 0., self._dora_merged_norm
+                            / self.dora_magnitude.masked_fill(dead, 1.))
+        return weight * _per_channel(ratio, weight.dim()) - super()._low_rank_delta()
 
     def _direction_scale(self, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(V, m / ||V||_c)`` with the norm detached."""
         direction = base + super()._low_rank_delta()
-        return direction, self.dora_magnitude / self._column_norm(direction).detach()
+        return direction, self.dora_magnitude / self._direction_norm(direction)
+
+    @staticmethod
+    def _direction_norm(direction: torch.Tensor) -> torch.Tensor:
+        return DoRALayer._column_norm(direction).detach().clamp_min(DORA_NORM_EPS)
 
     def _low_rank_delta(self) -> torch.Tensor:
         base = self._unmerged_weight()
@@ -554,7 +570,7 @@ class DoRALayer(LoRALayer):
     def merge(self) -> None:
         if not self.merged:
             direction, scale = self._direction_scale(self.weight.to(self._lora_a.dtype))
-            self._dora_merged_norm = self.dora_magnitude / scale
+            self._dora_merged_norm = self._direction_norm(direction)
             self.merged = True
             self._store_weight(direction * _per_channel(scale, direction.dim()))
 

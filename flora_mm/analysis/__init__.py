@@ -1,5 +1,6 @@
-"""Analysis of adapted models: weight-space diagnostics (paper Fig. 4), summary statistics and
-the generated domains of the fidelity experiment (``tools/analysis/fidelity.py``)."""
+"""Analysis of adapted models: weight-space diagnostics (paper Fig. 4), summary statistics, and
+the fidelity experiment (:mod:`.fidelity`, run by ``tools/analysis/fidelity.py``) with its
+generated domains (:mod:`.source_domain`)."""
 from .metrics import amplification_factor, layer_stats, model_stats, stage_of, \
     top_singular_vectors, update_rank
 from .stats import mean_std, paired_ttest

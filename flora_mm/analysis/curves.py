@@ -9,6 +9,8 @@ import glob
 import json
 import os.path as osp
 
+from flora_mm.adapters import atomic_write
+
 METRICS = (('delta_norm', r'$\|\Delta W\|_F$'),
            ('amplification', r'$\|\Delta W\|_F / \|U^T W V\|_F$'))
 
@@ -64,5 +66,6 @@ def plot_runs(paths: list[str], labels: list[str], out: str, stage: str = 'all',
     axes[0].legend()
     fig.suptitle(title or f'adapter updates ({stage} layers)')
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    fmt = osp.splitext(out)[1][1:] or 'png'
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format=fmt))
     plt.close(fig)

@@ -97,7 +97,7 @@ def update_rank(layer: AdapterLayer) -> int:
         ranks = layer.flora_core.shape
         return min(ranks[0], math.prod(ranks[1:]))
     if isinstance(layer, LoRALayer):
-        return layer._lora_a.shape[0]
+        return layer.adapter_config['ranks'][0]
     raise TypeError(f'update_rank: unsupported adapter layer {type(layer).__name__}')
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flora_mm.adapters import atomic_write
+from flora_mm.testing import drawing as draw
 from flora_mm.testing import tiny_datasets as tiny
 
 # mmseg's default ImageNet normalization (RGB), also applied during pre-training.
@@ -66,7 +68,7 @@ def make_scene_coco(root: str, num_train: int = 32, num_val: int = 16, img_size:
         per_class = dict.fromkeys(SCENE_CLASSES, 0)
         for i in range(num):
             instances: list = []
-            img, label = tiny._ade_scene(rng, img_size, instances)
+            img, label = tiny.ade_scene(rng, img_size, instances)
             img_id = i + 1
             for cls, mask in instances:
                 ys, xs = np.nonzero(mask & (label == tiny.TINY_ADE_LABELS[cls]))
@@ -79,7 +81,7 @@ def make_scene_coco(root: str, num_train: int = 32, num_val: int = 16, img_size:
                     bbox=[int(x0), int(y0), int(x1 - x0), int(y1 - y0)]))
                 per_class[cls] += 1
             file_name = f'{img_id:012d}.jpg'
-            tiny._save_rgb(img, osp.join(root, f'{split}2017', file_name))
+            draw.save_rgb(img, osp.join(root, f'{split}2017', file_name))
             images.append(dict(id=img_id, file_name=file_name, height=img_size,
                                width=img_size))
         ann_file = osp.join(root, 'annotations', f'instances_{split}2017.json')
@@ -95,23 +97,23 @@ def make_scene_coco(root: str, num_train: int = 32, num_val: int = 16, img_size:
 def _topdown_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[str]]:
     """One top-down image and its DOTA annotation lines."""
     water = rng.random() < 0.5
-    img = tiny._background(rng, size, (40, 80, 130) if water else (150, 120, 85),
-                           amplitude=30 if water else 60)
+    img = draw.background(rng, size, (40, 80, 130) if water else (150, 120, 85),
+                          amplitude=30 if water else 60)
     count = int(rng.integers(2, 5))
     kinds = [tiny.TINY_DOTA_CLASSES[k] for k in rng.integers(0, 3, count)]
-    shapes = [tiny._dota_object(k, int(size * OBJECT_ZOOM), rng) for k in kinds]
+    shapes = [tiny.dota_object(k, int(size * OBJECT_ZOOM), rng) for k in kinds]
     radii = [math.hypot(s[1], s[2]) / 2 for s in shapes]
     lines = []
     for kind, (outline, length, width, _, _), (cx, cy) in zip(
-            kinds, shapes, tiny._place(rng, size, radii)):
+            kinds, shapes, draw.place(rng, size, radii)):
         color, texture = _TOPDOWN_STYLE[kind]
         angle = rng.uniform(0, math.pi)
-        mask = tiny._polygon_mask(size, tiny._rotated(outline, cx, cy, angle))
-        tiny._paint(img, mask, tiny._texture(texture, size, color, rng.uniform(0, 8)))
+        mask = draw.polygon_mask(size, draw.rotated(outline, cx, cy, angle))
+        draw.paint(img, mask, draw.texture(texture, size, color, rng.uniform(0, 8)))
         half_l, half_w = length / 2, width / 2
-        corners = tiny._rotated(np.array([[-half_l, -half_w], [half_l, -half_w],
-                                          [half_l, half_w], [-half_l, half_w]], np.float32),
-                                cx, cy, angle)
+        corners = draw.rotated(np.array([[-half_l, -half_w], [half_l, -half_w],
+                                         [half_l, half_w], [-half_l, half_w]], np.float32),
+                               cx, cy, angle)
         lines.append(' '.join(f'{v:.1f}' for v in corners.reshape(-1)) + f' {kind} 0')
     img += rng.normal(0., 4., img.shape)
     return img, lines
@@ -141,7 +143,7 @@ def make_topdown_dota(root: str, num_train: int = 32, num_val: int = 16, img_siz
         for i in range(num):
             img, lines = _topdown_scene(rng, img_size)
             name = f'P{split_idx:01d}{i:03d}__1024__0___0'
-            tiny._save_rgb(img, osp.join(root, split, 'images', name + '.png'))
+            draw.save_rgb(img, osp.join(root, split, 'images', name + '.png'))
             ann = osp.join(root, split, 'annfiles', name + '.txt')
             os.makedirs(osp.dirname(ann), exist_ok=True)
             with open(ann, 'w') as f:
@@ -156,7 +158,7 @@ def source_batch(rng: np.random.Generator, batch: int, size: int
     """A normalized batch of source scenes ``(B, 3, S, S)`` and class indices ``(B, S, S)``."""
     lut = np.full(256, IGNORE, np.int64)
     lut[list(SOURCE_LABELS)] = np.arange(len(SOURCE_LABELS))
-    imgs, labels = zip(*(tiny._ade_scene(rng, size) for _ in range(batch)))
+    imgs, labels = zip(*(tiny.ade_scene(rng, size) for _ in range(batch)))
     x = (np.clip(np.stack(imgs), 0, 255) - np.asarray(MEAN)) / np.asarray(STD)
     return (torch.from_numpy(x.transpose(0, 3, 1, 2)).float(),
             torch.from_numpy(lut[np.stack(labels)]))
@@ -237,11 +239,12 @@ def pretrain_source(out_path: str, arch: str = 'atto', iters: int = 300, batch: 
     valid = y != IGNORE
     acc = float((pred[valid] == y[valid]).float().mean())
     state = {k: v for k, v in model.state_dict().items() if k.startswith(('stem.', 'stages.'))}
-    os.makedirs(osp.dirname(osp.abspath(out_path)), exist_ok=True)
-    torch.save(state, out_path + '.tmp')
-    os.replace(out_path + '.tmp', out_path)
+    atomic_write(out_path, lambda tmp: torch.save(state, tmp))
     record = dict(settings=settings, final_loss=float(loss), pixel_acc=acc,
                   seconds=round(time.time() - start, 1))
-    with open(record_path, 'w') as f:
-        json.dump(record, f, indent=1)
+
+    def write_record(tmp: str) -> None:
+        with open(tmp, 'w') as f:
+            json.dump(record, f, indent=1)
+    atomic_write(record_path, write_record)
     return record

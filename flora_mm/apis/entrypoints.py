@@ -126,6 +126,8 @@ def build_test_config(args: argparse.Namespace) -> Config:
         hooks.visualization.draw = True
         if scope == 'mmseg':
             cfg.visualizer['save_dir'] = args.show_dir
+            # mmseg's hook paints only every `interval`-th batch (default 50)
+            hooks.visualization.interval = 1
         else:
             hooks.visualization.test_out_dir = args.show_dir
     if args.out and scope == 'mmseg':

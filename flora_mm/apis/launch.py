@@ -4,7 +4,9 @@
 * on machines without CUDA, make distributed launches work: initialise a gloo process group
   before the runner is built (mmengine's ``init_dist`` calls ``torch.cuda.set_device``; the
   runner skips it when a group exists), set ``env_cfg.dist_cfg.backend='gloo'`` and wrap the
-  model in DDP without ``device_ids`` (DDP rejects device ids for CPU modules).
+  model in DDP without ``device_ids`` (DDP rejects device ids for CPU modules), or, for a
+  ``FlexibleRunner`` with ``FSDPStrategy``, give FSDP ``device_id='cpu'`` (torch FSDP runs on
+  CPU processes only when told so; mmengine passes the local rank, a CUDA index).
 
 On a GPU node nothing is changed, so the same command runs on a laptop and on a cluster.
 """
@@ -73,6 +75,8 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
     ``model_wrapper_cfg``, uses ``MMDistributedDataParallel(device_ids=None,
     broadcast_buffers=False)`` (``find_unused_parameters`` taken from the config, as mmengine's
     default wrapper does). A config's own DDP wrapper config gets ``device_ids=None`` if unset.
+    A ``FlexibleRunner`` config (``strategy``) with ``FSDPStrategy`` gets
+    ``model_wrapper.device_id='cpu'``; ``DeepSpeedStrategy`` is refused (it needs CUDA).
 
     Args:
         cfg: The config, modified in place.
@@ -90,13 +94,16 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
         cfg.env_cfg.dist_cfg = dict()
     dist_cfg = cfg.env_cfg.dist_cfg
     dist_cfg.backend = 'gloo'
-    wrapper = cfg.get('model_wrapper_cfg')
-    if wrapper is None:
-        cfg.model_wrapper_cfg = dict(
-            type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
-            find_unused_parameters=cfg.get('find_unused_parameters', False))
-    elif wrapper.get('type', 'MMDistributedDataParallel') in DDP_WRAPPERS:
-        wrapper.setdefault('device_ids', None)
+    if cfg.get('strategy') is not None:
+        _cpu_strategy(cfg.strategy)
+    else:
+        wrapper = cfg.get('model_wrapper_cfg')
+        if wrapper is None:
+            cfg.model_wrapper_cfg = dict(
+                type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+                find_unused_parameters=cfg.get('find_unused_parameters', False))
+        elif wrapper.get('type', 'MMDistributedDataParallel') in DDP_WRAPPERS:
+            wrapper.setdefault('device_ids', None)
     if not dist.is_initialized():
         env = _dist_env(launcher)
         os.environ.update(env)
@@ -107,6 +114,19 @@ def setup_cpu_distributed(cfg: Config, launcher: str) -> bool:
     print_log(f'no CUDA device: distributed on CPU with gloo (rank {dist.get_rank()} of '
               f'{dist.get_world_size()})', logger='current')
     return True
+
+
+def _cpu_strategy(strategy) -> None:
+    """Make a ``FlexibleRunner`` strategy config run on CPU processes (in place)."""
+    kind = strategy.get('type', '')
+    if kind in ('FSDPStrategy', 'mmengine.FSDPStrategy'):
+        # mmengine passes device_id=LOCAL_RANK, which FSDP reads as a CUDA index.
+        if strategy.get('model_wrapper') is None:
+            strategy.model_wrapper = dict()
+        strategy.model_wrapper.setdefault('device_id', 'cpu')
+    elif kind in ('DeepSpeedStrategy', 'mmengine.DeepSpeedStrategy'):
+        raise RuntimeError('DeepSpeedStrategy needs CUDA devices; on a machine without CUDA '
+                           "use strategy=dict(type='FSDPStrategy', ...)")
 
 
 def load_config(config: str, launcher: str = 'none', cfg_options: Optional[dict] = None,

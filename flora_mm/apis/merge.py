@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
-from flora_mm.adapters import atomic_write, count_adapter_params, merge_adapters
+from flora_mm.adapters import adapt_model, atomic_write, count_adapter_params, merge_adapters
+from flora_mm.engine.checkpoint import fill_frozen, is_adapter_only
 from .launch import load_config, register_task_modules
 
 HOOK_TYPES = ('FLoRAHook', 'flora_mm.FLoRAHook')
@@ -83,15 +84,13 @@ def merge_checkpoint(config: str, checkpoint: str, out: str,
     """
     from mmengine.runner.checkpoint import _load_checkpoint
 
-    from flora_mm.engine.hooks import FLoRAHook, fill_frozen, is_adapter_only
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint {checkpoint!r} does not exist')
     cfg = load_config(config, cfg_options=cfg_options)
     model = build_model(cfg)
     for hook_cfg in cfg.get('custom_hooks', []):
         if _is_flora_hook(hook_cfg):
-            args = {k: v for k, v in hook_cfg.items() if k not in ('type', 'priority')}
-            FLoRAHook(**args).adapt(model)
+            adapt_model(model, hook_cfg.get('adapter'), hook_cfg.get('trainable', ()))
     layers = len(count_adapter_params(model)['per_layer'])
     if not layers:
         raise ValueError(f'{config}: the model has no adapters (no `adapter=` in the model '

@@ -18,10 +18,12 @@ import json
 import math
 import os
 import os.path as osp
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from . import drawing as draw
 
 # The 80 COCO categories with their official (non-contiguous) ids, as in instances_*2017.json.
 COCO_CATEGORIES: Tuple[Tuple[int, str], ...] = tuple(zip(
@@ -52,91 +54,6 @@ Summary = Dict[str, object]
 
 
 # --------------------------------------------------------------------------------------------
-# drawing helpers
-# --------------------------------------------------------------------------------------------
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int = 1
-                  ) -> np.ndarray:
-    """Low-frequency noise in [0, 1]: a random ``cells x cells`` grid upsampled bilinearly."""
-    grid = (rng.random((cells, cells, channels)) * 255).astype(np.uint8)
-    layers = [np.asarray(Image.fromarray(grid[..., c]).resize((size, size), Image.BILINEAR))
-              for c in range(channels)]
-    return np.stack(layers, -1).astype(np.float32) / 255.
-
-
-def _background(rng: np.random.Generator, size: int, base: Sequence[float],
-                amplitude: float = 40.) -> np.ndarray:
-    """A textured (not flat) background: base colour + smooth blotches + fine grain."""
-    img = np.asarray(base, np.float32)[None, None] + (
-        _smooth_noise(rng, size, 6, 3) - 0.5) * amplitude
-    img += rng.normal(0., 6., (size, size, 3))
-    return img
-
-
-def _texture(kind: str, size: int, color: Sequence[float], phase: float) -> np.ndarray:
-    """A class-specific fill pattern; ``phase`` shifts it so instances differ."""
-    yy, xx = np.mgrid[:size, :size].astype(np.float32)
-    color = np.asarray(color, np.float32)
-    if kind == 'solid':
-        factor = np.ones_like(xx)
-    elif kind == 'stripes':
-        factor = 0.75 + 0.25 * np.sign(np.sin((xx + yy + phase) * 0.9))
-    elif kind == 'checker':
-        factor = 0.7 + 0.3 * (((xx + phase) // 4 + (yy + phase) // 4) % 2)
-    elif kind == 'grid':  # windows of a building
-        factor = np.where(((xx + phase) % 7 < 3) & ((yy + phase) % 8 < 4), 0.45, 1.)
-    elif kind == 'grain':
-        factor = 0.85 + 0.15 * np.sin(xx * 1.7 + phase) * np.cos(yy * 2.3 + phase)
-    else:
-        raise ValueError(f'unknown texture {kind!r}')
-    return factor[..., None] * color[None, None]
-
-
-def _polygon_mask(size: int, polygon: np.ndarray) -> np.ndarray:
-    """Boolean mask of a filled polygon given as ``(N, 2)`` xy points."""
-    canvas = Image.new('L', (size, size), 0)
-    ImageDraw.Draw(canvas).polygon([tuple(p) for p in polygon.tolist()], fill=1)
-    return np.asarray(canvas, bool)
-
-
-def _paint(img: np.ndarray, mask: np.ndarray, texture: np.ndarray) -> None:
-    img[mask] = texture[mask]
-
-
-def _circle(cx: float, cy: float, r: float, n: int = 20) -> np.ndarray:
-    t = np.linspace(0, 2 * math.pi, n, endpoint=False)
-    return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
-
-
-def _rotated(points: np.ndarray, cx: float, cy: float, angle: float) -> np.ndarray:
-    """Rotate centred ``(N, 2)`` points by ``angle`` (radians) and move them to (cx, cy)."""
-    c, s = math.cos(angle), math.sin(angle)
-    rot = np.array([[c, -s], [s, c]], np.float32)
-    return points @ rot.T + np.array([cx, cy], np.float32)
-
-
-def _place(rng: np.random.Generator, size: int, radii: List[float], margin: float = 2.
-           ) -> List[Tuple[float, float]]:
-    """Centres for objects of the given bounding radii, inside the image, not overlapping."""
-    centres: List[Tuple[float, float, float]] = []
-    for r in radii:
-        for _ in range(200):
-            cx, cy = rng.uniform(r + margin, size - r - margin, 2)
-            if all(math.hypot(cx - x, cy - y) > r + q + margin for x, y, q in centres):
-                centres.append((cx, cy, r))
-                break
-    return [(x, y) for x, y, _ in centres]
-
-
-def _save_rgb(img: np.ndarray, path: str) -> None:
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    image = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    if path.endswith('.jpg'):
-        image.save(path, quality=95)
-    else:
-        image.save(path)
-
-
-# --------------------------------------------------------------------------------------------
 # COCO instance segmentation
 # --------------------------------------------------------------------------------------------
 # class -> (shape, colour, texture)
@@ -150,7 +67,7 @@ _COCO_STYLE = {
 def _coco_polygon(rng: np.random.Generator, shape: str, cx: float, cy: float, r: float
                   ) -> np.ndarray:
     if shape == 'circle':
-        return _circle(cx, cy, r)
+        return draw.circle(cx, cy, r)
     if shape == 'triangle':  # pointing up, as a kite would
         return np.array([[cx, cy - r], [cx + r * 0.87, cy + r * 0.5],
                          [cx - r * 0.87, cy + r * 0.5]], np.float32)
@@ -196,16 +113,16 @@ def make_coco(root: str, num_train: int = 16, num_val: int = 8, img_size: int = 
         for i in range(num):
             img_id = split_idx * 100000 + i + 1
             file_name = f'{img_id:012d}.jpg'
-            img = _background(rng, img_size, rng.uniform(110, 170, 3))
+            img = draw.background(rng, img_size, rng.uniform(110, 170, 3))
             count = int(rng.integers(1, max_objects + 1))
             classes = [TINY_COCO_CLASSES[k] for k in rng.integers(0, len(TINY_COCO_CLASSES),
                                                                     count)]
             radii = list(rng.uniform(img_size * 0.12, img_size * 0.22, count))
-            for cls, r, (cx, cy) in zip(classes, radii, _place(rng, img_size, radii)):
+            for cls, r, (cx, cy) in zip(classes, radii, draw.place(rng, img_size, radii)):
                 shape, color, texture = _COCO_STYLE[cls]
                 poly = _coco_polygon(rng, shape, cx, cy, r)
-                mask = _polygon_mask(img_size, poly)
-                _paint(img, mask, _texture(texture, img_size, color, rng.uniform(0, 8)))
+                mask = draw.polygon_mask(img_size, poly)
+                draw.paint(img, mask, draw.texture(texture, img_size, color, rng.uniform(0, 8)))
                 x0, y0 = poly.min(0)
                 x1, y1 = poly.max(0)
                 annotations.append(dict(
@@ -217,7 +134,7 @@ def make_coco(root: str, num_train: int = 16, num_val: int = 8, img_size: int = 
                     bbox=[round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)],
                     iscrowd=0))
                 per_class[cls] += 1
-            _save_rgb(img, osp.join(root, f'{split}2017', file_name))
+            draw.save_rgb(img, osp.join(root, f'{split}2017', file_name))
             images.append(dict(id=img_id, file_name=file_name, height=img_size,
                                width=img_size, license=1))
         ann_file = osp.join(root, 'annotations', f'instances_{split}2017.json')
@@ -238,9 +155,9 @@ def make_coco(root: str, num_train: int = 16, num_val: int = 8, img_size: int = 
 # --------------------------------------------------------------------------------------------
 # ADE20K semantic segmentation
 # --------------------------------------------------------------------------------------------
-def _ade_scene(rng: np.random.Generator, size: int,
-               instances: Optional[List[Tuple[str, np.ndarray]]] = None
-               ) -> Tuple[np.ndarray, np.ndarray]:
+def ade_scene(rng: np.random.Generator, size: int,
+              instances: Optional[List[Tuple[str, np.ndarray]]] = None
+              ) -> Tuple[np.ndarray, np.ndarray]:
     """An outdoor scene: sky over grass or road, buildings and trees on the horizon, cars.
 
     If ``instances`` is given, ``(class, drawn mask)`` of every building, tree and car is
@@ -256,9 +173,9 @@ def _ade_scene(rng: np.random.Generator, size: int,
     label[:horizon] = TINY_ADE_LABELS['sky']
     ground = 'grass' if rng.random() < 0.5 else 'road'
     if ground == 'grass':
-        texture = _background(rng, size, (60, 150, 50), amplitude=60)
+        texture = draw.background(rng, size, (60, 150, 50), amplitude=60)
     else:
-        texture = _background(rng, size, (105, 105, 110), amplitude=20)
+        texture = draw.background(rng, size, (105, 105, 110), amplitude=20)
         lane = (np.abs(yy - (horizon + size) / 2) < 1.5) & (
             (np.mgrid[:size, :size][1] // 8) % 2 == 0)
         texture[lane] = 235
@@ -270,16 +187,16 @@ def _ade_scene(rng: np.random.Generator, size: int,
         x0 = rng.uniform(0, size - w)
         poly = np.array([[x0, horizon - h], [x0 + w, horizon - h], [x0 + w, horizon],
                          [x0, horizon]], np.float32)
-        mask = _polygon_mask(size, poly)
-        _paint(img, mask, _texture('grid', size, rng.uniform(170, 200) * np.array(
+        mask = draw.polygon_mask(size, poly)
+        draw.paint(img, mask, draw.texture('grid', size, rng.uniform(170, 200) * np.array(
             [1., 0.85, 0.65]), rng.uniform(0, 7)))
         label[mask] = TINY_ADE_LABELS['building']
         if instances is not None:
             instances.append(('building', mask))
     for _ in range(int(rng.integers(1, 3))):
         r = rng.uniform(0.07, 0.12) * size
-        mask = _polygon_mask(size, _circle(rng.uniform(r, size - r), horizon - r * 0.6, r))
-        _paint(img, mask, _texture('grain', size, (25, 95, 30), rng.uniform(0, 6)))
+        mask = draw.polygon_mask(size, draw.circle(rng.uniform(r, size - r), horizon - r * 0.6, r))
+        draw.paint(img, mask, draw.texture('grain', size, (25, 95, 30), rng.uniform(0, 6)))
         label[mask] = TINY_ADE_LABELS['tree']
         if instances is not None:
             instances.append(('tree', mask))
@@ -287,15 +204,15 @@ def _ade_scene(rng: np.random.Generator, size: int,
         w, h = rng.uniform(0.14, 0.2) * size, rng.uniform(0.07, 0.1) * size
         x0, y0 = rng.uniform(0, size - w), rng.uniform(horizon + 2, size - h)
         poly = np.array([[x0, y0], [x0 + w, y0], [x0 + w, y0 + h], [x0, y0 + h]], np.float32)
-        mask = _polygon_mask(size, poly)
-        _paint(img, mask, _texture('solid', size, (200, 30, 35), 0.))
+        mask = draw.polygon_mask(size, poly)
+        draw.paint(img, mask, draw.texture('solid', size, (200, 30, 35), 0.))
         label[mask] = TINY_ADE_LABELS['car']
         if instances is not None:
             instances.append(('car', mask))
     # unlabelled clutter, value 0 ("other"), ignored by reduce_zero_label as in real ADE20K
     r = rng.uniform(0.03, 0.06) * size
-    mask = _polygon_mask(size, _circle(*rng.uniform(r, size - r, 2), r, n=6))
-    _paint(img, mask, _texture('solid', size, rng.uniform(0, 255, 3), 0.))
+    mask = draw.polygon_mask(size, draw.circle(*rng.uniform(r, size - r, 2), r, n=6))
+    draw.paint(img, mask, draw.texture('solid', size, rng.uniform(0, 255, 3), 0.))
     label[mask] = 0
     img += rng.normal(0., 4., img.shape)
     return img, label
@@ -327,8 +244,8 @@ def make_ade20k(root: str, num_train: int = 16, num_val: int = 8, img_size: int 
         pixels: Dict[int, int] = {}
         for i in range(num):
             name = f'ADE_{split}_{i + 1:08d}'  # ADE_train_00000001 / ADE_val_00000001
-            img, label = _ade_scene(rng, img_size)
-            _save_rgb(img, osp.join(root, 'images', folder, name + '.jpg'))
+            img, label = ade_scene(rng, img_size)
+            draw.save_rgb(img, osp.join(root, 'images', folder, name + '.jpg'))
             out = osp.join(root, 'annotations', folder, name + '.png')
             os.makedirs(osp.dirname(out), exist_ok=True)
             Image.fromarray(label, mode='L').save(out)
@@ -341,8 +258,8 @@ def make_ade20k(root: str, num_train: int = 16, num_val: int = 8, img_size: int 
 # --------------------------------------------------------------------------------------------
 # DOTA oriented object detection
 # --------------------------------------------------------------------------------------------
-def _dota_object(cls: str, size: int, rng: np.random.Generator
-                 ) -> Tuple[np.ndarray, float, float, Tuple[int, int, int], str]:
+def dota_object(cls: str, size: int, rng: np.random.Generator
+                ) -> Tuple[np.ndarray, float, float, Tuple[int, int, int], str]:
     """Centred outline, oriented-box length/width, colour and texture of one object."""
     if cls == 'plane':  # a cross: fuselage plus wings, white
         length = rng.uniform(0.24, 0.32) * size
@@ -393,28 +310,28 @@ def make_dota(root: str, num_train: int = 16, num_val: int = 8, img_size: int = 
         instances = difficult = 0
         for i in range(num):
             name = f'P{split_idx:01d}{i:03d}__1024__0___0'  # split_ss_dota patch naming
-            img = _background(rng, img_size, (125, 120, 95), amplitude=50)
+            img = draw.background(rng, img_size, (125, 120, 95), amplitude=50)
             count = int(rng.integers(1, max_objects + 1))
             classes = [TINY_DOTA_CLASSES[k] for k in rng.integers(0, len(TINY_DOTA_CLASSES),
                                                                     count)]
-            shapes = [_dota_object(c, img_size, rng) for c in classes]
+            shapes = [dota_object(c, img_size, rng) for c in classes]
             radii = [math.hypot(s[1], s[2]) / 2 for s in shapes]
             lines = []
             for cls, (outline, length, width, color, texture), (cx, cy) in zip(
-                    classes, shapes, _place(rng, img_size, radii)):
+                    classes, shapes, draw.place(rng, img_size, radii)):
                 angle = rng.uniform(0, math.pi)
-                mask = _polygon_mask(img_size, _rotated(outline, cx, cy, angle))
-                _paint(img, mask, _texture(texture, img_size, color, rng.uniform(0, 8)))
+                mask = draw.polygon_mask(img_size, draw.rotated(outline, cx, cy, angle))
+                draw.paint(img, mask, draw.texture(texture, img_size, color, rng.uniform(0, 8)))
                 L, W = length / 2, width / 2
-                corners = _rotated(np.array([[-L, -W], [L, -W], [L, W], [-L, W]], np.float32),
-                                   cx, cy, angle)  # clockwise in image coordinates (y down)
+                corners = draw.rotated(np.array([[-L, -W], [L, -W], [L, W], [-L, W]], np.float32),
+                                       cx, cy, angle)  # clockwise in image coordinates (y down)
                 hard = int(rng.random() < difficult_ratio)
                 lines.append(' '.join(f'{v:.1f}' for v in corners.reshape(-1))
                              + f' {cls} {hard}')
                 per_class[cls] += 1
                 instances += 1
                 difficult += hard
-            _save_rgb(img, osp.join(root, split, 'images', name + '.png'))
+            draw.save_rgb(img, osp.join(root, split, 'images', name + '.png'))
             ann = osp.join(root, split, 'annfiles', name + '.txt')
             os.makedirs(osp.dirname(ann), exist_ok=True)
             with open(ann, 'w') as f:

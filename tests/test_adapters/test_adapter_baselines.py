@@ -112,3 +112,36 @@ def test_merge_unmerge_round_trip(method):
         for n, m in layers.items():
             assert_close(m.weight, weights0[n], rtol=1e-5)
         assert_close(model(x), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['linear', 'conv2d'])
+def test_dora_all_zero_output_channel(name):
+    """A base weight with an all-zero output channel (m = 0, ||V||_c = 0) gives no NaN: the
+    channel stays exactly dead (bias only) through training, merging and unmerging."""
+    layer, x, rank, _ = make_case(name)
+    with torch.no_grad():
+        layer.weight[1] = 0
+    w0 = layer.weight.detach().clone()
+    plain = reference_forward(layer, x, w0).detach()
+    inject_adapters(layer, {'type': 'DoRA', 'rank': rank, 'alpha': ALPHA})
+    assert layer.dora_magnitude[1] == 0
+    opt = torch.optim.SGD([p for _, p in layer.adapter_named_parameters()], lr=0.1)
+    for mode in ('factorized', 'merged', 'factorized'):
+        layer.forward_mode = mode
+        out = layer(x)
+        assert torch.isfinite(out).all()
+        opt.zero_grad()
+        out.square().mean().backward()
+        assert all(torch.isfinite(p.grad).all() for _, p in layer.adapter_named_parameters())
+        opt.step()
+    channel = (slice(None), 1) if name != 'linear' else (..., 1)
+    with torch.no_grad():
+        trained = layer(x)
+        assert torch.equal(trained[channel], plain[channel])  # the bias alone
+        assert not torch.allclose(trained, plain)  # the other channels did train
+        layer.merge()
+        assert torch.isfinite(layer.weight).all() and not layer.weight[1].any()
+        assert_close(layer(x), trained, rtol=1e-5)
+        layer.unmerge()
+        assert_close(layer.weight, w0, rtol=1e-5)
+        assert not layer.weight[1].any()

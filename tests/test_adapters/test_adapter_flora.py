@@ -160,3 +160,19 @@ def test_input_projection_folding_choice():
     assert fold_input_projection(400, 100, 64, 8, 8, kernel_numel=4)
     # 3x3 stride 1 with a wide input: project channels down first
     assert not fold_input_projection(100, 100, 64, 8, 8, kernel_numel=9)
+
+
+@pytest.mark.parametrize('method', ['FLoRA', 'LoRA', 'DoRA'])
+def test_geometry_changed_after_wrapping_is_followed(method):
+    """The adapter branch reads the conv's geometry at call time, like the base op does: a
+    ``padding_mode`` set after wrapping reaches both forward paths."""
+    layer = nn.Conv2d(6, 8, 3, padding=1)
+    x = torch.randn(2, 6, 9, 9)
+    inject_adapters(layer, {'type': method, 'rank': 3})
+    randomize_adapters(layer)
+    layer.padding_mode = 'reflect'
+    with torch.no_grad():
+        expected = reference_forward(layer, x, layer.weight + layer.delta_weight())
+        for mode in ('factorized', 'merged'):
+            layer.forward_mode = mode
+            assert_close(layer(x), expected)

@@ -4,36 +4,22 @@ and grow).
 
 Asserts nothing about which method wins.
 """
-import importlib.util
 import json
 import math
-import os.path as osp
-import sys
 
 import pytest
 
 from flora_mm.analysis.curves import read_curves
+from flora_mm.analysis.fidelity import QUICK, Settings, run_experiment
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(REPO, 'tools', 'analysis', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
+SETTINGS = dict(QUICK, tasks=['scenes', 'topdown'], cells=['frozen', 'lora@b1', 'flora@b1'],
+                iters=6, pretrain_iters=4, num_train=4)
 
 
 @pytest.fixture(scope='module')
 def fidelity_run(tmp_path_factory):
     root = tmp_path_factory.mktemp('fidelity')
-    tool = _load_tool('fidelity')
-    summary = tool.main(['--quick', '--root', str(root), '--out', str(root / 'out'),
-                         '--tasks', 'scenes', 'topdown', '--cells', 'frozen', 'lora@b1',
-                         'flora@b1', '--iters', '6', '--pretrain-iters', '4', '--num-train',
-                         '4'])
+    summary = run_experiment(Settings(**SETTINGS), str(root), str(root / 'out'))
     return root, summary
 
 
@@ -76,3 +62,13 @@ def test_analysis_hook_curves_start_at_zero_and_grow(fidelity_run):
         assert amps[-1] > 0 and math.isfinite(amps[-1])
         stage = read_curves(result['log_dir'], 'stage3')['delta_norm'][1]
         assert stage[-1] > 0
+
+
+def test_finished_runs_are_reused(fidelity_run):
+    root, summary = fidelity_run
+    logged = []
+    again = run_experiment(Settings(**SETTINGS), str(root), str(root / 'out'),
+                           log=logged.append)
+    assert not any(line.startswith('[fidelity]') for line in logged)  # nothing trained again
+    assert json.dumps(again['cells'], sort_keys=True) == json.dumps(summary['cells'],
+                                                                    sort_keys=True)

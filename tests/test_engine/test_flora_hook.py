@@ -1,4 +1,4 @@
-"""FLoRAHook with a real mmengine Runner on a toy model (single process, fast)."""
+"""FLoRAHook and AdapterCheckpointHook with a real mmengine Runner on a toy model (fast)."""
 import copy
 
 import pytest
@@ -10,9 +10,9 @@ from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 import flora_mm  # noqa: F401
-from flora_mm.adapters import count_adapter_params
-from flora_mm.engine.hooks import FLoRAHook, fill_frozen, is_adapter_only, param_table, \
-    strip_frozen
+from flora_mm.adapters import adapt_model, count_adapter_params
+from flora_mm.engine.checkpoint import fill_frozen, is_adapter_only, strip_frozen
+from flora_mm.engine.hooks import FLoRAHook
 
 ADAPTER = dict(type='FLoRA', rank=2, kernel_rank=1, scale=1.0,
                targets=[r'backbone\.conv\d'])
@@ -69,7 +69,7 @@ def pretrained(tmp_path):
     return str(path)
 
 
-def _cfg(tmp_path, pretrained, hook, max_iters=2, **extra):
+def _cfg(tmp_path, pretrained, hooks, max_iters=2, **extra):
     return dict(
         model=dict(type='ToyFLoRAModel', pretrained=pretrained),
         work_dir=str(tmp_path / 'work'),
@@ -85,7 +85,7 @@ def _cfg(tmp_path, pretrained, hook, max_iters=2, **extra):
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=max_iters,
                                            by_epoch=False)),
         log_processor=dict(by_epoch=False),
-        custom_hooks=[hook],
+        custom_hooks=hooks if isinstance(hooks, list) else [hooks],
         randomness=dict(seed=0),
         experiment_name=f'toy_{tmp_path.name}',
         **extra)
@@ -121,10 +121,15 @@ def test_hook_without_adapter_or_trainable_changes_nothing(tmp_path, pretrained)
     assert not count_adapter_params(runner.model)['per_layer']
 
 
-def test_adapter_only_checkpoint_at_test_time_uses_init_cfg_base(tmp_path, pretrained):
-    hook = dict(type='flora_mm.FLoRAHook', adapter=ADAPTER, trainable=['head'],
-                adapter_only_checkpoint=True)
-    runner = Runner.from_cfg(_cfg(tmp_path, pretrained, hook))
+@pytest.mark.parametrize('spelling', ['AdapterCheckpointHook', 'FLoRAHook argument'])
+def test_adapter_only_checkpoint_at_test_time_uses_init_cfg_base(tmp_path, pretrained,
+                                                                 spelling):
+    hook = dict(type='flora_mm.FLoRAHook', adapter=ADAPTER, trainable=['head'])
+    if spelling == 'AdapterCheckpointHook':
+        hooks = [hook, dict(type='flora_mm.AdapterCheckpointHook')]
+    else:  # the former spelling, kept for existing configs
+        hooks = [dict(hook, adapter_only_checkpoint=True)]
+    runner = Runner.from_cfg(_cfg(tmp_path, pretrained, hooks))
     runner.train()
     trained = {k: v.clone() for k, v in runner.model.state_dict().items()}
     ckpt = torch.load(tmp_path / 'work' / 'iter_2.pth', weights_only=False)
@@ -134,8 +139,8 @@ def test_adapter_only_checkpoint_at_test_time_uses_init_cfg_base(tmp_path, pretr
         'backbone.bn.bias', 'backbone.conv2.weight', 'backbone.conv2.bias'}
     assert 'backbone.bn.running_mean' in ckpt['state_dict']  # buffers are kept
     # test()'s order: before_run (injection) then load_or_resume; no init_weights by the runner
-    cfg = _cfg(tmp_path / 'eval', pretrained, hook, load_from=str(tmp_path / 'work' /
-                                                                    'iter_2.pth'))
+    cfg = _cfg(tmp_path / 'eval', pretrained, hooks, load_from=str(tmp_path / 'work' /
+                                                                     'iter_2.pth'))
     tester = Runner.from_cfg(cfg)
     tester.call_hook('before_run')
     tester.load_or_resume()
@@ -143,32 +148,50 @@ def test_adapter_only_checkpoint_at_test_time_uses_init_cfg_base(tmp_path, pretr
         assert torch.equal(tester.model.state_dict()[key], value), key
 
 
+def test_checkpoint_hook_priority_is_a_class_attribute(tmp_path, pretrained):
+    hooks = [dict(type='flora_mm.FLoRAHook'), dict(type='flora_mm.AdapterCheckpointHook')]
+    runner = Runner.from_cfg(_cfg(tmp_path, pretrained, hooks))
+    ours = [h for h in runner.hooks if type(h).__name__ in ('FLoRAHook', 'AdapterCheckpointHook')]
+    assert [h.priority for h in ours] == ['VERY_HIGH', 'VERY_HIGH']
+
+
 def test_strip_and_fill_roundtrip():
     model = ToyFLoRAModel()
-    FLoRAHook(adapter=ADAPTER, trainable=['head']).adapt(model)
+    adapt_model(model, ADAPTER, trainable=['head'])
     ckpt = {'meta': {}, 'state_dict': copy.deepcopy(model.state_dict())}
     dropped = strip_frozen(ckpt, model)
     assert 'backbone.conv1.weight' in dropped and 'head.weight' not in dropped
     assert not set(dropped) & set(ckpt['state_dict'])
     fresh = ToyFLoRAModel()
-    FLoRAHook(adapter=ADAPTER, trainable=['head']).adapt(fresh)
+    adapt_model(fresh, ADAPTER, trainable=['head'])
     fresh.load_state_dict(model.state_dict())
     assert fill_frozen(ckpt, fresh) == []
     assert sorted(ckpt['state_dict']) == sorted(model.state_dict())
 
 
-def test_param_table_numbers():
-    model = ToyFLoRAModel()
-    FLoRAHook(adapter=ADAPTER, trainable=['head']).adapt(model)
-    adapter = count_adapter_params(model)['total']
-    total = sum(p.numel() for p in model.parameters())
-    table = param_table(model)
-    last = table.splitlines()[-1].split()
-    assert last == ['total', f'{total:,}', f'{adapter + 9:,}', f'{adapter:,}',
-                    f'{100 * (adapter + 9) / total:.2f}']
-    assert 'backbone' in table and 'head' in table
-
-
 def test_bad_trainable_regex():
     with pytest.raises(ValueError, match='trainable regex'):
         FLoRAHook(trainable=['(unclosed'])
+
+
+@pytest.mark.parametrize('adapter', [None, dict(type='LoRA', rank=2, targets=[r'head'])])
+def test_hook_keeps_backbone_output_norms_trainable(adapter):
+    """The hook's freeze (adapt_model) keeps what FLoRAConvNeXtV2 keeps trainable under every
+    policy (its output norms), and the parameter table counts them in the backbone row."""
+    from flora_mm.adapters import param_table
+    from flora_mm.models import FLoRAConvNeXtV2
+    model = nn.Module()
+    model.backbone = FLoRAConvNeXtV2(arch='atto', out_indices=(2, 3),
+                                     adapter=dict(type='FLoRA', rank=2))
+    model.head = nn.Linear(320, 1)
+    norms = sum(p.numel() for n, p in model.backbone.named_parameters() if n.startswith('norm'))
+    assert norms == 2 * (160 + 320)
+    report = adapt_model(model, adapter, ['head'])
+    assert report.scales == ([1.0] if adapter else [])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {'backbone.norm2.weight', 'backbone.norm2.bias', 'backbone.norm3.weight',
+            'backbone.norm3.bias', 'head.weight', 'head.bias'} <= trainable
+    row = next(line.split() for line in param_table(model).splitlines()
+               if line.startswith('backbone'))
+    adapters = count_adapter_params(model.backbone)['total']
+    assert row[2] == f'{adapters + norms:,}'

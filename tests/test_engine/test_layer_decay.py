@@ -61,9 +61,9 @@ class Detector(nn.Module):
 def _official_single_id(name, depths):
     """ConvNeXt-V2 repo's ``get_num_layer_for_convnext_single`` on official names, applied to
     timm names translated back (stem = downsample_layers.0)."""
-    if not name.startswith('backbone.'):
-        return sum(depths) + 1
     parts = name.split('.')[1:]
+    if not name.startswith('backbone.') or parts[0] not in ('stem', 'stages'):
+        return sum(depths) + 1  # heads, and the output norms (``norm{i}``) as the official code
     if parts[0] == 'stem':
         return sum(depths[:0]) + 1
     stage = int(parts[1])

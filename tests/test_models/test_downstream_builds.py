@@ -63,8 +63,9 @@ def test_backbone_builds_inside_downstream_models(tmp_path, name):
     model = MODELS.build(cfg.model).eval()
     assert isinstance(model.backbone, FLoRAConvNeXtV2)
     assert len(count_adapter_params(model.backbone)['per_layer']) == 40
-    # the backbone is frozen except its adapters; the rest of the model is untouched
-    assert all(('flora_' in n) == p.requires_grad for n, p in model.backbone.named_parameters())
+    # the backbone is frozen except its adapters and output norms; the rest is untouched
+    assert all(('flora_' in n or n.startswith('norm')) == p.requires_grad
+               for n, p in model.backbone.named_parameters())
     other = [p for n, p in model.named_parameters() if not n.startswith('backbone.')]
     assert other and all(p.requires_grad for p in other)
     x = torch.randn(1, 3, 64, 64)

@@ -10,13 +10,15 @@ import torch.nn as nn
 from mmengine.logging import MMLogger
 
 import flora_mm  # noqa: F401  (compat + registration)
-from flora_mm.adapters import count_adapter_params
+from flora_mm.adapters import count_adapter_params, freeze_base, inject_adapters
 from flora_mm.models import FLoRAConvNeXtV2
 from flora_mm.models.backbones.convnextv2_checkpoint import load_pretrained
 
 # Stage widths of timm's convnextv2_<arch> (independent of the code under test).
 WIDTHS = {'atto': 40, 'femto': 48, 'pico': 64, 'nano': 80, 'tiny': 96}
 ADAPTER = dict(type='FLoRA', rank=4, kernel_rank=2, scale=0.4)
+# the output norms of the backbone (not in timm's classification model)
+NORM_KEYS = {f'norm{i}.{k}' for i in range(4) for k in ('weight', 'bias')}
 
 
 @pytest.fixture(scope='module')
@@ -78,15 +80,30 @@ def test_tiny_channels_and_depths():
     assert model.depths == (3, 3, 9, 3)
 
 
+def _channel_norm(x, weight=None, bias=None, eps=1e-6):
+    """LayerNorm over the channels of an NCHW map, written out."""
+    mean = x.mean(1, keepdim=True)
+    out = (x - mean) / torch.sqrt(x.var(1, unbiased=False, keepdim=True) + eps)
+    if weight is not None:
+        out = out * weight[:, None, None] + bias[:, None, None]
+    return out
+
+
 def test_pretrained_timm_state_dict_is_bit_identical(timm_atto_file, timm_reference):
+    """Stage outputs equal timm's features bit for bit; the outputs are them normalized."""
     path, _ = timm_atto_file
     model = FLoRAConvNeXtV2(arch='atto', pretrained=str(path)).eval()
     x = _input()
+    stage_outs = []
+    for i in range(4):
+        getattr(model, f'norm{i}').register_forward_pre_hook(
+            lambda m, args: stage_outs.append(args[0]))
     with torch.no_grad():
         ours, ref = model(x), timm_reference(x)
-    assert len(ours) == len(ref) == 4
-    for a, b in zip(ours, ref):
-        assert torch.equal(a, b)
+    assert len(ours) == len(ref) == len(stage_outs) == 4
+    for raw, out, b in zip(stage_outs, ours, ref):
+        assert torch.equal(raw, b)
+        torch.testing.assert_close(out, _channel_norm(b), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('wrap', ['model', 'state_dict', 'mmdet', 'ddp', 'safetensors'])
@@ -110,9 +127,9 @@ def test_pretrained_wrapped_formats(tmp_path, timm_atto_file, wrap):
         torch.save(obj, path)
     model = FLoRAConvNeXtV2(arch='atto', pretrained=str(path))
     own = model.state_dict()
-    assert set(own) == {k for k in state if not k.startswith('head.')}
-    for key, value in own.items():
-        assert torch.equal(value, state[key]), key
+    assert set(own) == {k for k in state if not k.startswith('head.')} | NORM_KEYS
+    for key in own.keys() - NORM_KEYS:
+        assert torch.equal(own[key], state[key]), key
 
 
 def _to_official(state):
@@ -193,9 +210,15 @@ def test_pretrained_official_and_fcmae_layouts(tmp_path, timm_atto_file, fmt):
         model = FLoRAConvNeXtV2(arch='atto', pretrained=str(path))
     finally:
         MMLogger.get_current_instance().removeHandler(handler)
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, state[key]), key
+    own = model.state_dict()
+    for key in own.keys() - NORM_KEYS:
+        assert torch.equal(own[key], state[key]), key
+    # a classification checkpoint has no output norms: fresh (identity), not "missing"
+    for i in range(4):
+        assert torch.equal(own[f'norm{i}.weight'], torch.ones(40 * 2**i))
+        assert torch.equal(own[f'norm{i}.bias'], torch.zeros(40 * 2**i))
     assert not any('missing keys' in r or 'unexpected keys' in r for r in records), records
+    assert any('norm0.weight' in r and 'initial values' in r for r in records), records
     if fmt == 'fcmae':
         assert any('ignored' in r and 'mask_token' in r for r in records), records
 
@@ -218,16 +241,100 @@ def test_pretrained_reports_missing_and_unexpected_keys_by_name(tmp_path, timm_a
     # everything else was loaded
     assert torch.equal(model.stages[3].blocks[0].conv_dw.weight,
                        state['stages.3.blocks.0.conv_dw.weight'])
-    report = load_pretrained(FLoRAConvNeXtV2(arch='atto'), str(path))
+    report = load_pretrained(FLoRAConvNeXtV2(arch='atto'), str(path), fresh=[r'norm\d\..*'])
     assert report.missing_keys == ['stages.3.blocks.1.conv_dw.weight']
     assert report.unexpected_keys == ['stages.9.blocks.0.extra.weight']
+    assert sorted(report.fresh_keys) == sorted(NORM_KEYS)
+    # without `fresh`, the norms are missing like any other key
+    report = load_pretrained(FLoRAConvNeXtV2(arch='atto'), str(path))
+    assert sorted(report.missing_keys) == sorted(
+        NORM_KEYS | {'stages.3.blocks.1.conv_dw.weight'})
+
+
+def test_output_norms_load_from_dense_prediction_checkpoint(tmp_path, timm_atto_file):
+    """An official ConvNeXt(-V2) segmentation / detection checkpoint (official layout under
+    ``backbone.``, output norms ``backbone.norm{i}``, heads) loads completely, norms included,
+    and every output is LayerNorm(stage output) with those weights."""
+    _, state = timm_atto_file
+    gen = torch.Generator().manual_seed(3)
+    norms = {f'norm{i}.{k}': torch.randn(40 * 2**i, generator=gen)
+             for i in range(4) for k in ('weight', 'bias')}
+    official = {k: v for k, v in _to_official(state).items()
+                if not k.startswith(('norm.', 'head.'))}
+    ckpt = {'state_dict': {**{f'backbone.{k}': v for k, v in {**official, **norms}.items()},
+                           'decode_head.conv_seg.weight': torch.zeros(150, 512, 1, 1)},
+            'meta': {}}
+    path = tmp_path / 'upernet_convnextv2_atto.pth'
+    torch.save(ckpt, path)
+    report = load_pretrained(FLoRAConvNeXtV2(arch='atto'), str(path), fresh=[r'norm\d\..*'])
+    assert report.missing_keys == report.unexpected_keys == report.fresh_keys == []
+    assert report.ignored_keys == ['decode_head.conv_seg.weight']
+    model = FLoRAConvNeXtV2(arch='atto', pretrained=str(path), adapter=ADAPTER).eval()
+    for key, value in norms.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    stage_outs = []
+    for i in range(4):
+        getattr(model, f'norm{i}').register_forward_pre_hook(
+            lambda m, args: stage_outs.append(args[0]))
+    with torch.no_grad():
+        outs = model(_input())
+    for i, (raw, out) in enumerate(zip(stage_outs, outs)):
+        torch.testing.assert_close(
+            out, _channel_norm(raw, norms[f'norm{i}.weight'], norms[f'norm{i}.bias']),
+            rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('adapter', [ADAPTER, dict(type='LoRA', rank=4),
+                                     dict(type='DoRA', rank=4), dict(type='BitFit'),
+                                     dict(type='Frozen'), dict(type='Full'), None])
+def test_output_norms_train_under_every_method(adapter):
+    model = FLoRAConvNeXtV2(arch='atto', out_indices=(1, 3), adapter=adapter)
+    norms = {n for n, _ in model.named_parameters() if re.fullmatch(r'norm\d\..*', n)}
+    assert norms == {'norm1.weight', 'norm1.bias', 'norm3.weight', 'norm3.bias'}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert norms <= trainable
+    out = model(_input())
+    sum(o.sum() for o in out).backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n in norms)
+
+
+def test_frozen_base_is_deterministic_in_train_mode():
+    """Frozen: drop path off in train mode (same output twice, equal to eval); adapters keep
+    the configured drop path; a stage that gets adapters later trains again."""
+    x = _input()
+    frozen = FLoRAConvNeXtV2(arch='atto', drop_path_rate=0.3, adapter=dict(type='Frozen'))
+    flora = FLoRAConvNeXtV2(arch='atto', drop_path_rate=0.3, adapter=ADAPTER)
+    flora.load_state_dict(frozen.state_dict(), strict=False)
+    for model in (frozen, flora):
+        model.train()
+        outs = []
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                outs.append(model(x))
+        same = all(torch.equal(a, b) for a, b in zip(*outs))
+        assert same == (model is frozen)
+        assert all(s.training == (model is flora) for s in model.stages)
+    with torch.no_grad():
+        reference = frozen.eval()(x)
+        assert all(torch.equal(a, b) for a, b in zip(frozen.train()(x), reference))
+    # FLoRAHook-style: adapters injected into the frozen model afterwards
+    inject_adapters(frozen, dict(ADAPTER, targets=[r'stages\.3\.blocks\.\d+\.mlp\.fc1']))
+    freeze_base(frozen, 'FLoRA', frozen.keep_trainable)
+    frozen.train()
+    assert [s.training for s in frozen.stages] == [False, False, False, True]
 
 
 def test_pretrained_errors(tmp_path, timm_atto_file):
-    path, _ = timm_atto_file
+    path, state = timm_atto_file
     with pytest.raises(ValueError, match=r'stem\.0\.weight: checkpoint \(40, 3, 4, 4\) vs model '
                        r'\(48, 3, 4, 4\)'):
         FLoRAConvNeXtV2(arch='femto', pretrained=str(path))
+    official = tmp_path / 'official_atto.pth'
+    torch.save({'model': _to_official(state)}, official)
+    with pytest.raises(ValueError, match=r'official ConvNeXt-V2 checkpoint does not fit the '
+                       r'model \(is `arch` right\?\)'):
+        FLoRAConvNeXtV2(arch='femto', pretrained=str(official))
     with pytest.raises(FileNotFoundError, match='never downloaded'):
         FLoRAConvNeXtV2(pretrained=str(tmp_path / 'nope.pth'))
     junk = tmp_path / 'junk.pth'
@@ -249,7 +356,8 @@ def test_adapter_at_init_keeps_outputs_and_freezes_base(timm_atto_file):
     n_convs = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in plain.modules())
     assert n_convs == 1 + 3 + 3 * sum(plain.depths) == len(adapted_layers) == 40
     trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
-    assert trainable and all('.flora_' in n or n.startswith('flora_') for n in trainable)
+    assert trainable - NORM_KEYS and all('.flora_' in n for n in trainable - NORM_KEYS)
+    assert NORM_KEYS <= trainable
     # base weights keep their keys and pretrained values
     for key, value in plain.state_dict().items():
         assert torch.equal(adapted.state_dict()[key], value)

@@ -60,6 +60,22 @@ def test_mmengine_checkpoint_with_runtime_state_loads(tmp_path):
     assert torch.equal(loaded['state_dict']['w'], torch.ones(2))
 
 
+def test_checkpoint_with_other_globals_is_refused(tmp_path):
+    """Local checkpoints load with weights_only=True plus mmengine's own types only: a file
+    that needs any other global (here argparse.Namespace) is refused, naming it."""
+    import argparse
+    import pickle
+
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    import flora_mm  # noqa: F401
+    path = tmp_path / 'foreign.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': argparse.Namespace(a=1)}, path)
+    with pytest.raises(pickle.UnpicklingError, match='argparse.Namespace') as err:
+        _load_checkpoint(str(path), map_location='cpu')
+    assert 'foreign.pth' in str(err.value) and 'add_safe_globals' in str(err.value)
+
+
 def test_mask_rcnn_forward_backward_on_cpu():
     """A tiny mmdet Mask R-CNN computes finite losses and gradients on CPU (RoIAlign, nms)."""
     from mmdet.structures import DetDataSample

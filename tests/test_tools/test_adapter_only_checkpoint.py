@@ -1,8 +1,9 @@
 """Adapter-only checkpoints through ``tools/train.py`` / ``tools/test.py`` and merging.
 
 An mmseg FCN on FLoRAConvNeXtV2-atto (deterministic: no dropout, no random augmentation) is
-trained three times: A with adapter-only checkpoints, B with full checkpoints, C resumed from
-A's iteration-2 adapter-only checkpoint.
+trained three times: A with adapter-only checkpoints (``AdapterCheckpointHook``), B with full
+checkpoints (the same config without that hook), C resumed from A's iteration-2 adapter-only
+checkpoint.
 """
 import glob
 import json
@@ -58,24 +59,28 @@ default_hooks = dict(logger=dict(type='LoggerHook', interval=1),
                      checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False))
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0)
-custom_hooks = [dict(type='flora_mm.FLoRAHook', adapter_only_checkpoint=True),
-                dict(type='FLoRAProbeHook', out_dir='.')]
+custom_hooks = [dict(type='FLoRAProbeHook', out_dir='.'),
+                dict(type='flora_mm.FLoRAHook'),
+                dict(type='flora_mm.AdapterCheckpointHook')]
 """
+CHECKPOINT_HOOK = ",\n                dict(type='flora_mm.AdapterCheckpointHook')"
 
 
 @pytest.fixture(scope='module')
 def seg_runs(tmp_path_factory, tiny_data, pretrained):
     root = tmp_path_factory.mktemp('seg')
-    cfg = root / 'seg.py'
-    cfg.write_text(textwrap.dedent(SEG).format(atto=pretrained['atto'], data=tiny_data))
+    cfg, cfg_full = root / 'seg.py', root / 'seg_full.py'
+    text = textwrap.dedent(SEG).format(atto=pretrained['atto'], data=tiny_data)
+    cfg.write_text(text)
+    assert CHECKPOINT_HOOK in text
+    cfg_full.write_text(text.replace(CHECKPOINT_HOOK, ''))
     runs = {}
-    extra = {'A': [], 'B': ['custom_hooks.0.adapter_only_checkpoint=False'], 'C': []}
     for name in ('A', 'B', 'C'):
         work = root / name
-        args = ['tools/train.py', cfg, '--work-dir', work]
+        args = ['tools/train.py', cfg_full if name == 'B' else cfg, '--work-dir', work]
         if name == 'C':
             args += ['--resume', root / 'A' / 'iter_2.pth']
-        run_tool(args + ['--cfg-options', f'custom_hooks.1.out_dir={work}'] + extra[name])
+        run_tool(args + ['--cfg-options', f'custom_hooks.0.out_dir={work}'])
         runs[name] = work
     return cfg, runs
 

@@ -1,7 +1,8 @@
-# DOTA-v1.0 split into 1024x1024 patches (mmrotate's tools/data/dota/split, single scale):
+# DOTA-v1.0 split into 1024x1024 patches (tools/dataset_converters/dota_split.py, single scale):
 #   data/split_ss_dota/{train,val}/images/*.png and {train,val}/annfiles/*.txt
-# Trains on `train` and evaluates on `val` (DOTAMetric, mAP at IoU 0.5). For a test-server
-# submission train on `trainval` and format `test` as in mmrotate's own dota.py.
+# Trains on `train` and evaluates on `val` with Table 1's metrics (DOTAMetric: mAP over IoU
+# 0.5:0.95, AP50, AP75). For a test-server submission (train on `trainval`, merged results of
+# `test`) see oriented-rcnn-le90_convnextv2-l-flora-r42_fpn_1x_dota-test.py.
 dataset_type = 'DOTADataset'
 data_root = 'data/split_ss_dota/'
 backend_args = None
@@ -53,5 +54,9 @@ val_dataloader = dict(
         pipeline=val_pipeline))
 test_dataloader = val_dataloader
 
-val_evaluator = dict(type='DOTAMetric', metric='mAP')
+# dota/mAP: mean over IoU 0.5:0.95 (step 0.05); dota/AP50, dota/AP75 (and the other steps)
+val_evaluator = dict(
+    type='DOTAMetric',
+    metric='mAP',
+    iou_thrs=[0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
 test_evaluator = val_evaluator

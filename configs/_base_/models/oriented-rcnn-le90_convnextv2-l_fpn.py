@@ -1,16 +1,7 @@
-# Oriented R-CNN (le90) + FPN on a ConvNeXt-V2-L backbone: the model of mmrotate's
-# oriented-rcnn-le90_r50_fpn_1x_dota.py with the backbone swapped.
-# Without `adapter` the backbone is fully trainable; configs under configs/flora and
-# configs/baselines set `model.backbone.adapter` to pick the fine-tuning method.
-# Every conv / linear weight of the backbone (stem, downsampling convs, 7x7 depthwise convs,
-# MLP linears): the "all weight matrices or tensors" of the paper (Sec. 5.2), 196M weights.
-# `(.*\.)?` lets the names carry a wrapper prefix.
-adapter_targets = [
-    r'(.*\.)?stem[._]0', r'(.*\.)?downsample\.1', r'(.*\.)?conv_dw', r'(.*\.)?mlp\.fc[12]'
-]
-# FCMAE-pretrained, ImageNet-22k fine-tuned ConvNeXt-V2-L (timm state dict, local file):
-# timm's `convnextv2_large.fcmae_ft_in22k_in1k`, see docs/configs.md.
-pretrained = 'checkpoints/convnextv2_large.fcmae_ft_in22k_in1k.pth'
+# Oriented R-CNN (le90) + FPN on the ConvNeXt-V2-L backbone of convnextv2-l.py: the model of
+# mmrotate's oriented-rcnn-le90_r50_fpn_1x_dota.py with the backbone swapped.
+_base_ = './convnextv2-l.py'
+
 angle_version = 'le90'
 
 model = dict(
@@ -22,13 +13,7 @@ model = dict(
         bgr_to_rgb=True,
         pad_size_divisor=32,
         boxtype2tensor=False),
-    backbone=dict(
-        type='flora_mm.FLoRAConvNeXtV2',
-        arch='large',
-        out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.3,
-        with_cp=False,
-        pretrained=pretrained),
+    backbone=dict(**_base_.convnextv2_large),
     neck=dict(
         type='mmdet.FPN', in_channels=[192, 384, 768, 1536], out_channels=256, num_outs=5),
     rpn_head=dict(

@@ -1,5 +1,5 @@
 # Table 1, DoRA row "51.95M" (here 52.05M): the DoRA r42 config with a larger rank
-# (alpha = rank keeps the scale at 1).
+# (alpha is not set: it defaults to the rank, scale 1).
 _base_ = './oriented-rcnn-le90_convnextv2-l-dora-r42_fpn_1x_dota.py'
 
-model = dict(backbone=dict(adapter=dict(rank=181, alpha=181)))
+model = dict(backbone=dict(adapter=dict(rank=181)))

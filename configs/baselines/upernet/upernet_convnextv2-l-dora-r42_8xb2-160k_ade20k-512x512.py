@@ -1,5 +1,6 @@
-# Table 1, DoRA row "13.07M" (here 13.10M): DoRA (alpha = rank, i.e. scale 1) on the
-# same backbone layers as FLoRA; convs are adapted through their (out, in*k*k) matrix.
+# Table 1, DoRA row "13.07M" (here 13.10M): DoRA on the same backbone layers as FLoRA,
+# alpha unset (it defaults to the rank: scale 1); convs are adapted through their
+# (out, in*k*k) matrix.
 _base_ = '../../flora/upernet/upernet_convnextv2-l-flora-r42_8xb2-160k_ade20k-512x512.py'
 
 model = dict(
@@ -7,6 +8,4 @@ model = dict(
         adapter=dict(
             _delete_=True,
             type='DoRA',
-            rank=42,
-            alpha=42,
-            targets={{_base_.adapter_targets}})))
+            rank=42)))

@@ -1,5 +1,5 @@
 # Table 1, LoRA row "25.89M" (here 25.96M): the LoRA r42 config with a larger rank
-# (alpha = rank keeps the scale at 1).
+# (alpha is not set: it defaults to the rank, scale 1).
 _base_ = './upernet_convnextv2-l-lora-r42_8xb2-160k_ade20k-512x512.py'
 
-model = dict(backbone=dict(adapter=dict(rank=88, alpha=88)))
+model = dict(backbone=dict(adapter=dict(rank=88)))

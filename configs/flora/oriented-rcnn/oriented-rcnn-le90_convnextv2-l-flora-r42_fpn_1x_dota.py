@@ -17,5 +17,4 @@ model = dict(
             type='FLoRA',
             rank=42,
             kernel_rank=2,
-            scale=4.0,
-            targets={{_base_.adapter_targets}})))
+            scale=4.0)))

@@ -1,8 +1,5 @@
 from .adapter_analysis_hook import AdapterAnalysisHook
-from .flora_hook import (FLoRAHook, fill_frozen, frozen_state_keys, is_adapter_only,
-                         param_table, strip_frozen)
+from .adapter_checkpoint_hook import AdapterCheckpointHook
+from .flora_hook import FLoRAHook
 
-__all__ = [
-    'AdapterAnalysisHook', 'FLoRAHook', 'fill_frozen', 'frozen_state_keys', 'is_adapter_only',
-    'param_table', 'strip_frozen'
-]
+__all__ = ['AdapterAnalysisHook', 'AdapterCheckpointHook', 'FLoRAHook']

@@ -1,4 +1,4 @@
-"""Layer-wise learning-rate decay for timm ConvNeXt names.
+"""Layer-wise learning-rate decay for timm ConvNeXt names (and plain ViTs such as InternViT).
 
 mmdet's ``LearningRateDecayOptimizerConstructor`` expects mmpretrain names
 (``backbone.downsample_layers.*``, ``backbone.stages.<i>.<j>.*``); timm's names
@@ -18,10 +18,15 @@ from flora_mm.registry import OPTIM_WRAPPER_CONSTRUCTORS
 DECAY_TYPES = ('layer_wise', 'stage_wise')
 _BLOCK = re.compile(r'stages\.(\d+)\.blocks\.(\d+)\.')
 _DOWNSAMPLE = re.compile(r'stages\.(\d+)\.downsample\.')
+# A plain ViT (InternViT): one stage of ``blocks.<j>``, embeddings below the first block.
+_VIT_BLOCK = re.compile(r'blocks\.(\d+)\.')
+_VIT_EMBED = ('patch_embed.', 'cls_token', 'pos_embed')
 
 
 def infer_depths(names: Sequence[str]) -> List[int]:
     """Blocks per stage from timm ConvNeXt parameter names (relative to the backbone).
+
+    A plain ViT (``blocks.<j>.*``, no stages) is one stage.
 
     Args:
         names: Parameter names such as ``stages.2.blocks.5.mlp.fc1.weight``.
@@ -35,12 +40,16 @@ def infer_depths(names: Sequence[str]) -> List[int]:
     depths: Dict[int, int] = {}
     for name in names:
         match = _BLOCK.match(name)
+        vit = _VIT_BLOCK.match(name)
         if match:
             stage, block = int(match.group(1)), int(match.group(2))
             depths[stage] = max(depths.get(stage, 0), block + 1)
+        elif vit:
+            depths[0] = max(depths.get(0, 0), int(vit.group(1)) + 1)
     if not depths:
-        raise ValueError('no timm ConvNeXt block names (stages.<i>.blocks.<j>.*) found under '
-                         "the backbone prefix; check paramwise_cfg['backbone_prefix']")
+        raise ValueError('no timm ConvNeXt block names (stages.<i>.blocks.<j>.*) or ViT block '
+                         'names (blocks.<j>.*) found under the backbone prefix; check '
+                         "paramwise_cfg['backbone_prefix']")
     return [depths.get(i, 0) for i in range(max(depths) + 1)]
 
 
@@ -56,7 +65,8 @@ def get_layer_id_for_timm_convnext(name: Optional[str], depths: Sequence[int],
     ``layer_wise`` follows ConvNeXt-V2's ``layer_decay_type='single'``: block ``j`` of stage
     ``i`` gets ``sum(depths[:i]) + j + 1``; the stem and each stage's downsampling layer share
     the id of the first block after them; everything outside the backbone gets
-    ``sum(depths) + 1`` (multiplier 1). ``stage_wise``: the stem and stage 0 get 1, stage ``i``
+    ``sum(depths) + 1`` (multiplier 1). A plain ViT, as BEiT / InternVL do: embeddings get 0,
+    block ``j`` gets ``j + 1``. ``stage_wise``: the stem and stage 0 get 1, stage ``i``
     gets ``i + 1``, the rest ``len(depths) + 1``.
 
     Args:
@@ -76,6 +86,11 @@ def get_layer_id_for_timm_convnext(name: Optional[str], depths: Sequence[int],
         return outside
     if name.startswith('stem.'):
         return 1
+    if name.startswith(_VIT_EMBED):
+        return 0
+    vit = _VIT_BLOCK.match(name)
+    if vit:
+        return int(vit.group(1)) + 1 if decay_type == 'layer_wise' else 1
     block = _BLOCK.match(name)
     down = _DOWNSAMPLE.match(name)
     stage = int((block or down).group(1)) if (block or down) else None

@@ -1,3 +1,4 @@
 from .flora_convnextv2 import ARCHS, FLoRAConvNeXtV2
+from .flora_internvit import FLoRAInternViT
 
-__all__ = ['ARCHS', 'FLoRAConvNeXtV2']
+__all__ = ['ARCHS', 'FLoRAConvNeXtV2', 'FLoRAInternViT']

@@ -5,8 +5,8 @@ Accepted inputs (after unwrapping ``state_dict`` / ``model`` containers and stri
 
 * timm state dicts (``stem.0.weight``, ``stages.0.blocks.0.conv_dw.weight``, ...);
 * the official fine-tuned ConvNeXt-V2 checkpoints (``downsample_layers.0.0.weight``,
-  ``stages.0.0.dwconv.weight``, ``grn.gamma`` ...), renamed as timm's ``checkpoint_filter_fn``
-  does;
+  ``stages.0.0.dwconv.weight``, ``grn.gamma`` ...), renamed by timm's own
+  ``convnext.checkpoint_filter_fn``;
 * the official FCMAE pre-training checkpoints, whose encoder is a MinkowskiEngine sparse
   network (``encoder.stages.0.0.dwconv.kernel`` of shape ``(k*k, C)``, convolution kernels of
   shape ``(k*k, in, out)``, ``norm.ln.weight``, ``pwconv1.linear.weight``); they are first
@@ -18,7 +18,7 @@ import logging
 import math
 import os.path as osp
 import re
-from typing import Dict, List, Mapping, NamedTuple, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Sequence, Tuple
 
 import torch
 from mmengine.logging import print_log
@@ -132,46 +132,21 @@ def fcmae_to_official(state: Mapping[str, torch.Tensor]) -> StateDict:
     return out
 
 
-def official_to_timm(state: Mapping[str, torch.Tensor]) -> StateDict:
-    """Rename the official dense ConvNeXt-V2 layout to timm's (as timm's
-    ``convnext.checkpoint_filter_fn`` does).
-
-    ``downsample_layers.0`` is the stem, ``downsample_layers.i`` (i > 0) the ``downsample`` of
-    stage i, ``stages.i.j`` block j of stage i; ``dwconv`` -> ``conv_dw``, ``pwconv{1,2}`` ->
-    ``mlp.fc{1,2}``, ``grn.gamma/beta`` ``(1, 1, 1, C)`` -> ``mlp.grn.weight/bias`` ``(C,)``,
-    ``norm`` / ``head`` (final norm, classifier) -> ``head.norm`` / ``head.fc``.
-
-    Args:
-        state: Tensors with official names.
-
-    Returns:
-        Tensors with timm names (point-wise weights keep their ``(out, in)`` shape).
-    """
-    out: StateDict = {}
-    for key, value in state.items():
-        key = re.sub(r'^downsample_layers\.0\.', 'stem.', key)
-        key = re.sub(r'^downsample_layers\.(\d+)\.', r'stages.\1.downsample.', key)
-        key = re.sub(r'^stages\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.', key)
-        key = key.replace('.dwconv.', '.conv_dw.').replace('.pwconv', '.mlp.fc')
-        if '.grn.' in key:
-            key = key.replace('.grn.gamma', '.mlp.grn.weight').replace('.grn.beta',
-                                                                       '.mlp.grn.bias')
-            value = value.reshape(-1)
-        key = re.sub(r'^norm\.', 'head.norm.', key)
-        key = re.sub(r'^head\.(weight|bias)$', r'head.fc.\1', key)
-        out[key] = value
-    return out
-
-
-def to_timm_layout(state: StateDict) -> Tuple[StateDict, List[str]]:
+def to_timm_layout(state: StateDict, model: torch.nn.Module) -> Tuple[StateDict, List[str]]:
     """Bring any accepted checkpoint (see the module docstring) to timm's ConvNeXt names.
 
     Args:
         state: Output of :func:`unwrap_state_dict`.
+        model: The module with timm's key names the state will be loaded into; timm's filter
+            reshapes the official ``nn.Linear`` point-wise weights to its layout (1x1
+            convolutions for atto..nano).
 
     Returns:
         ``(state_dict, ignored)``: timm-layout tensors, and the keys dropped on purpose
         (classifier head and final norm, FCMAE decoder).
+
+    Raises:
+        ValueError: An official point-wise weight does not fit ``model`` (wrong ``arch``?).
     """
     ignored: List[str] = []
     if is_fcmae(state):
@@ -179,7 +154,12 @@ def to_timm_layout(state: StateDict) -> Tuple[StateDict, List[str]]:
         state = fcmae_to_official(
             {k: v for k, v in state.items() if k.split('.')[0] not in _FCMAE_NON_ENCODER})
     if any(k.startswith('downsample_layers.') for k in state):
-        state = official_to_timm(state)
+        from timm.models.convnext import checkpoint_filter_fn
+        try:
+            state = checkpoint_filter_fn(state, model)
+        except (KeyError, RuntimeError) as err:
+            raise ValueError('official ConvNeXt-V2 checkpoint does not fit the model (is '
+                             f'`arch` right?): {err}') from None
     ignored += [k for k in state if k.startswith(_CLASSIFIER_PREFIXES)]
     state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
     return state, ignored
@@ -191,55 +171,56 @@ class LoadReport(NamedTuple):
     missing_keys: List[str]
     unexpected_keys: List[str]
     ignored_keys: List[str]
+    fresh_keys: List[str]
 
 
-def load_pretrained(module: torch.nn.Module, path: str) -> LoadReport:
+def load_pretrained(module: torch.nn.Module, path: str, fresh: Sequence[str] = ()) -> LoadReport:
     """Load ConvNeXt-V2 weights from a local file into a module with timm's key names.
 
     Missing and unexpected keys are logged by name (warning); keys dropped on purpose
-    (classifier, FCMAE decoder, detector parts outside ``backbone.``) are logged at info level.
+    (classifier, FCMAE decoder, detector parts outside ``backbone.``) and ``fresh`` keys the
+    file lacks are logged at info level.
 
     Args:
         module: The module to fill (``stem.*`` / ``stages.*`` keys).
         path: Local checkpoint file.
+        fresh: Regexes (fullmatch) of model keys that a checkpoint may lack: the module's
+            own initial values are kept and they are not reported missing (the output norms
+            of a dense-prediction backbone, absent from classification checkpoints).
 
     Returns:
-        The missing, unexpected and ignored keys.
+        The missing, unexpected, ignored and fresh (absent, kept at their initial values)
+        keys.
 
     Raises:
         ValueError: A tensor's shape differs from the model's (wrong ``arch``?) or no key of
             the file matches the model at all.
     """
     state, ignored = unwrap_state_dict(read_checkpoint_file(path))
-    state, dropped = to_timm_layout(state)
-    ignored += dropped
     own = module.state_dict()
-    mismatched = []
-    for key, value in state.items():
-        if key not in own or value.shape == own[key].shape:
-            continue
-        target = own[key].shape
-        # Official / FCMAE point-wise layers are nn.Linear (out, in); timm's atto..nano use
-        # 1x1 convolutions (out, in, 1, 1) for the same weights.
-        if value.ndim == 2 and tuple(target[:2]) == tuple(value.shape) and all(
-                s == 1 for s in target[2:]):
-            state[key] = value.reshape(target)
-        else:
-            mismatched.append(f'{key}: checkpoint {tuple(value.shape)} vs model '
-                              f'{tuple(target)}')
+    state, dropped = to_timm_layout(state, module)
+    ignored += dropped
+    mismatched = [f'{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}'
+                  for key, value in state.items()
+                  if key in own and value.shape != own[key].shape]
     if mismatched:
         raise ValueError(f'pretrained={path!r} does not fit the model (is `arch` right?): '
                          f'shape mismatch for ' + '; '.join(mismatched[:10]) +
                          (f' and {len(mismatched) - 10} more' if len(mismatched) > 10 else ''))
-    missing = sorted(set(own) - set(state))
+    absent = sorted(set(own) - set(state))
+    new = [k for k in absent if any(re.fullmatch(p, k) for p in fresh)]
+    missing = [k for k in absent if k not in new]
     unexpected = sorted(set(state) - set(own))
-    if len(missing) == len(own):
+    if len(absent) == len(own):
         raise ValueError(f'pretrained={path!r}: no key matches the model; file keys (after '
                          f'remapping) start with {sorted(state)[:5]}, model keys with '
                          f'{sorted(own)[:5]}')
     module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    print_log(f'Loaded {len(own) - len(missing)}/{len(own)} backbone tensors from {path}',
+    print_log(f'Loaded {len(own) - len(absent)}/{len(own)} backbone tensors from {path}',
               logger='current')
+    if new:
+        print_log(f'pretrained={path!r}: {new} are not in the file and keep their initial '
+                  'values (new layers, trained with the neck)', logger='current')
     if missing:
         print_log(f'pretrained={path!r}: missing keys (left at their initial values): '
                   f'{missing}', logger='current', level=logging.WARNING)
@@ -250,4 +231,4 @@ def load_pretrained(module: torch.nn.Module, path: str) -> LoadReport:
         print_log(f'pretrained={path!r}: ignored {len(ignored)} keys that are not part of the '
                   f'backbone (classifier / decoder / detector heads), e.g. {ignored[:5]}',
                   logger='current')
-    return LoadReport(missing, unexpected, ignored)
+    return LoadReport(missing, unexpected, ignored, new)

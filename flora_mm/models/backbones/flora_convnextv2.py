@@ -8,22 +8,35 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from flora_mm.adapters import ADAPTER_METHODS, cast_frozen_weights, count_adapter_params, \
-    freeze_base, inject_adapters
+from flora_mm.adapters import ADAPTER_METHODS, adapt_model, cast_frozen_weights
 from flora_mm.registry import MODELS
 from .convnextv2_checkpoint import load_pretrained
 
 ARCHS = ('atto', 'femto', 'pico', 'nano', 'tiny', 'base', 'large', 'huge')
+# The output norms ``norm{i}`` (the names of the official ConvNeXt detection / segmentation
+# backbones and of mmpretrain's ConvNeXt): new modules, trained with the neck by every method.
+OUT_NORMS = r'norm\d'
 
 
 @MODELS.register_module()
 class FLoRAConvNeXtV2(BaseModule):
-    """timm's ConvNeXt-V2 with ``features_only`` semantics and optional adapters.
+    """timm's ConvNeXt-V2 as a dense-prediction backbone, with optional adapters.
 
     The stem and stages of ``timm.create_model(f'convnextv2_{arch}')`` become direct children,
     so parameter names are timm's (``stem.0.weight``, ``stages.2.downsample.1.weight``,
     ``stages.2.blocks.5.mlp.fc1.weight``): timm checkpoints load unchanged, adapter
     ``targets`` and the layer-decay optimizer constructor use the same names.
+
+    Every returned stage goes through its own channels-first LayerNorm ``norm{i}`` (eps 1e-6),
+    as in the official ConvNeXt(-V2) detection / segmentation backbones and mmpretrain's
+    ConvNeXt with ``out_indices``, so the neck sees normalized features. The names match
+    theirs, so ``norm{i}`` of a detector / segmentor checkpoint load; a classification
+    checkpoint has none, and the norms start at identity (weight 1, bias 0). They are trained
+    under every method, frozen base included, like the neck (``keep_trainable``).
+
+    In train mode a stage without trainable parameters (the frozen base, or a stage that no
+    adapter target reaches) runs in eval mode, so its drop path is off and the heads see the
+    same features as at test time.
 
     Construction order (all in ``__init__``, because mmengine's test path never calls
     ``init_weights``): build the network, load ``pretrained``, inject the adapter, freeze the
@@ -49,7 +62,8 @@ class FLoRAConvNeXtV2(BaseModule):
             adapts "all weight matrices or tensors"); norms and GRN stay frozen. ``type`` may
             also be a freeze policy ('BitFit', 'Full', 'Frozen').
         trainable: Regexes (fullmatch on parameter or module names of this backbone) that
-            stay trainable in addition to the adapter, e.g. ``[r'.*norm.*']``.
+            stay trainable in addition to the adapter and the output norms, e.g.
+            ``[r'.*norm.*']``.
         frozen_dtype: ``'bfloat16'`` or ``'float16'`` stores the frozen base weights of the
             adapted layers (99.9% of the backbone) in that dtype, halving their memory, for
             mixed-precision training (``--amp``); adapter parameters stay fp32, and the
@@ -92,6 +106,7 @@ class FLoRAConvNeXtV2(BaseModule):
                              f'of type {list(ADAPTER_METHODS)} (it stores the frozen base '
                              'weights of adapted layers)')
         import timm  # local: only this backbone needs timm
+        from timm.layers import LayerNorm2d
         net = timm.create_model(
             f'convnextv2_{arch}', pretrained=False, num_classes=0,
             drop_path_rate=drop_path_rate)
@@ -104,24 +119,23 @@ class FLoRAConvNeXtV2(BaseModule):
         self.stages = net.stages
         self.depths = tuple(len(stage.blocks) for stage in self.stages)
         self.out_channels = tuple(net.feature_info[i]['num_chs'] for i in out_indices)
+        for i, channels in zip(out_indices, self.out_channels):
+            self.add_module(f'norm{i}', LayerNorm2d(channels, eps=1e-6))
         if pretrained is not None:
-            load_pretrained(self, pretrained)
+            load_pretrained(self, pretrained, fresh=[OUT_NORMS + r'\..*'])
         self.adapter = copy.deepcopy(adapter)
         self.frozen_dtype = frozen_dtype
+        # Regexes every freeze policy keeps trainable, here and in FLoRAHook.
+        self.keep_trainable = [OUT_NORMS] + list(trainable)
         if adapter is not None:
-            inject_adapters(self, adapter)
-            freeze_base(self, adapter['type'], trainable)
+            report = adapt_model(self, adapter, trainable)
             if frozen_dtype is not None:
                 try:
                     cast_frozen_weights(self, frozen_dtype)
                 except ValueError as err:
                     raise ValueError(f'FLoRAConvNeXtV2: frozen_dtype={frozen_dtype!r} with '
                                      f"adapter type {adapter['type']!r}: {err}") from None
-            counts = count_adapter_params(self)
-            print_log(f'FLoRAConvNeXtV2-{arch}: {adapter["type"]} on '
-                      f'{len(counts["per_layer"])} layers, {counts["trainable"]:,} of '
-                      f'{counts["model_total"]:,} backbone parameters trainable',
-                      logger='current')
+            print_log(f'FLoRAConvNeXtV2-{arch}: {report.summary()}', logger='current')
 
     def init_weights(self) -> None:
         """Keep the weights set in ``__init__`` (timm init or ``pretrained``)."""
@@ -129,7 +143,7 @@ class FLoRAConvNeXtV2(BaseModule):
             super().init_weights()
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """Return the feature maps of ``out_indices`` (NCHW, strides 4/8/16/32)."""
+        """Return the normalized feature maps of ``out_indices`` (NCHW, strides 4/8/16/32)."""
         x = self.stem(x)
         outs = []
         use_cp = self.with_cp and self.training and torch.is_grad_enabled()
@@ -138,12 +152,17 @@ class FLoRAConvNeXtV2(BaseModule):
             for block in stage.blocks:
                 x = cp.checkpoint(block, x, use_reentrant=False) if use_cp else block(x)
             if i in self.out_indices:
-                outs.append(x)
+                outs.append(getattr(self, f'norm{i}')(x))
         return tuple(outs)
 
     def train(self, mode: bool = True) -> 'FLoRAConvNeXtV2':
-        """Set train mode, keeping BatchNorm layers in eval mode if ``norm_eval``."""
+        """Set train mode; stages without trainable parameters stay in eval mode (no drop
+        path), BatchNorm layers too if ``norm_eval``."""
         super().train(mode)
+        for stage in self.stages:
+            # Decided at every call: FLoRAHook may inject adapters after construction.
+            if mode and not any(p.requires_grad for p in stage.parameters()):
+                stage.eval()
         if mode and self.norm_eval:
             for m in self.modules():
                 if isinstance(m, _BatchNorm):
