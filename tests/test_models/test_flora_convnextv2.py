@@ -440,7 +440,8 @@ def test_frozen_dtype_bfloat16(timm_atto_file):
     for name, p in model.named_parameters():
         adapted_base = name.rsplit('.', 1)[0] in layers and '.lora_' not in name
         assert p.dtype == (torch.bfloat16 if adapted_base else torch.float32), name
-        assert p.requires_grad == ('.lora_' in name), name
+        # trainable: the adapters and the output norms (norm0..norm3, fp32 like every norm)
+        assert p.requires_grad == ('.lora_' in name or name.startswith('norm')), name
     frozen = sum(p.numel() for p in model.parameters() if p.dtype == torch.bfloat16)
     assert frozen > 0.99 * sum(p.numel() for p in model.parameters() if not p.requires_grad)
     # fp32 input, no autocast: ops in fp32 on the bf16-rounded base weights
