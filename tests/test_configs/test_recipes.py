@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config, DictAction
-from mmengine.registry import DATASETS, init_default_scope
+from mmengine.registry import DATASETS, DefaultScope, init_default_scope
 from shapely.geometry import Polygon
 
 import flora_mm  # noqa: F401
@@ -64,7 +64,8 @@ def test_dota_metric_reports_table1_columns(key, one_process_dota_eval):
         preds = [(cx, cy, w / iou, h, a) for (cx, cy, w, h, a), iou in zip(gts, target_ious)]
         ious = [_iou(g, p) for g, p in zip(gts, preds)]
         np.testing.assert_allclose(ious, target_ious, atol=1e-6)
-        metric = METRICS.build(cfg[key])
+        with DefaultScope.overwrite_default_scope('mmrotate'):  # whatever scope ran before
+            metric = METRICS.build(cfg[key])
         metric.dataset_meta = dict(classes=classes)
         labels = torch.arange(3)
         metric.process({}, [dict(
