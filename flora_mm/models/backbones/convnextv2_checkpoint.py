@@ -221,14 +221,26 @@ def load_pretrained(module: torch.nn.Module, path: str, fresh: Sequence[str] = (
     if new:
         print_log(f'pretrained={path!r}: {new} are not in the file and keep their initial '
                   'values (new layers, trained with the neck)', logger='current')
-    if missing:
+    report = LoadReport(missing, unexpected, ignored, new)
+    log_key_problems(path, report, 'classifier / decoder / detector heads')
+    return report
+
+
+def log_key_problems(path: str, report: LoadReport, ignored_what: str) -> None:
+    """Log the missing and unexpected keys (warnings) and the ignored ones of a load.
+
+    Args:
+        path: The checkpoint file, as the user named it.
+        report: What the loader did.
+        ignored_what: What the ignored keys are, for the message.
+    """
+    if report.missing_keys:
         print_log(f'pretrained={path!r}: missing keys (left at their initial values): '
-                  f'{missing}', logger='current', level=logging.WARNING)
-    if unexpected:
-        print_log(f'pretrained={path!r}: unexpected keys (not loaded): {unexpected}',
-                  logger='current', level=logging.WARNING)
-    if ignored:
-        print_log(f'pretrained={path!r}: ignored {len(ignored)} keys that are not part of the '
-                  f'backbone (classifier / decoder / detector heads), e.g. {ignored[:5]}',
+                  f'{report.missing_keys}', logger='current', level=logging.WARNING)
+    if report.unexpected_keys:
+        print_log(f'pretrained={path!r}: unexpected keys (not loaded): '
+                  f'{report.unexpected_keys}', logger='current', level=logging.WARNING)
+    if report.ignored_keys:
+        print_log(f'pretrained={path!r}: ignored {len(report.ignored_keys)} keys that are not '
+                  f'part of the backbone ({ignored_what}), e.g. {report.ignored_keys[:5]}',
                   logger='current')
-    return LoadReport(missing, unexpected, ignored, new)

@@ -9,7 +9,6 @@ names ``FLoRAInternViT`` uses: ``patch_embed.proj.{weight,bias}``, ``cls_token``
 the model's patch grid (the training crop, e.g. 36 x 36 for 504 px) and the patch kernel to
 the model's patch size, as InternVL's segmentation code does.
 """
-import logging
 import math
 import re
 from typing import Dict, Mapping, Tuple
@@ -18,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from mmengine.logging import print_log
 
-from .convnextv2_checkpoint import LoadReport, read_checkpoint_file, unwrap_state_dict
+from .convnextv2_checkpoint import LoadReport, log_key_problems, read_checkpoint_file, \
+    unwrap_state_dict
 
 StateDict = Dict[str, torch.Tensor]
 # New layers of the segmentation backbone, never in a pretrained ViT file.
@@ -112,16 +112,9 @@ def load_pretrained(module: torch.nn.Module, path: str) -> LoadReport:
     print_log(f'Loaded {len(loaded)}/{len(own)} backbone tensors from {path} (the rest is the '
               'new feature pyramid)' if not missing else
               f'Loaded {len(loaded)}/{len(own)} backbone tensors from {path}', logger='current')
-    if missing:
-        print_log(f'pretrained={path!r}: missing keys (left at their initial values): '
-                  f'{missing}', logger='current', level=logging.WARNING)
-    if unexpected:
-        print_log(f'pretrained={path!r}: unexpected keys (not loaded): {unexpected}',
-                  logger='current', level=logging.WARNING)
-    if ignored:
-        print_log(f'pretrained={path!r}: ignored {len(ignored)} keys outside the backbone, '
-                  f'e.g. {ignored[:5]}', logger='current')
-    return LoadReport(missing, unexpected, ignored, fresh)
+    report = LoadReport(missing, unexpected, ignored, fresh)
+    log_key_problems(path, report, 'heads, wrappers')
+    return report
 
 
 __all__ = ['load_pretrained', 'official_to_model', 'resize_pos_embed']
