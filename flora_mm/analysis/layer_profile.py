@@ -1,0 +1,227 @@
+"""Per-layer profile of the adapted layers of a model at its real input size.
+
+Finds where an adapter method's train step spends its time beyond the frozen base: every
+adapted layer of the model's backbone is recorded with the input it sees in one forward pass
+of the real input size (:func:`layer_inputs`); layers with the same weight geometry and input
+shape form one group (a ConvNeXt stage has one group per layer kind). Each group is then timed
+alone (:func:`time_layer`): forward + backward of a fresh copy of the layer on a random input
+that requires grad (as inside the network), for
+
+* ``limit``: the frozen base layer (input gradient only, what any adapter must compute);
+* every adapter method given (e.g. the FLoRA and LoRA configs of a table) in each forward mode
+  (``auto``, ``factorized``, ``merged``), with the mode ``auto`` picks.
+
+Times are medians over ``repeats`` interleaved rounds; group totals multiply by the number of
+layers in the group. :func:`format_profile` prints the groups and the totals, and the
+difference between ``auto`` and the best forced mode per group (what a better choice would
+save).
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+
+from flora_mm.adapters import AdapterLayer, adapter_layers
+from flora_mm.adapters.layers import FORWARD_MODES, unwrap_layer, wrap_layer
+
+
+def layer_inputs(model: nn.Module, inputs: torch.Tensor) -> 'OrderedDict[str, tuple]':
+    """The input shape of every adapted layer of ``model`` in one no-grad forward.
+
+    Args:
+        model: A model (e.g. a backbone) with adapted layers.
+        inputs: Its input batch.
+
+    Returns:
+        Layer name -> input shape, in call order (layers that did not run are left out).
+    """
+    shapes: 'OrderedDict[str, tuple]' = OrderedDict()
+
+    def record(name: str):
+        def hook(_, args) -> None:
+            shapes.setdefault(name, tuple(args[0].shape))
+        return hook
+
+    handles = [layer.register_forward_pre_hook(record(name))
+               for name, layer in adapter_layers(model).items()]
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def group_layers(model: nn.Module, shapes: dict) -> list[dict]:
+    """Group layers by (base class, weight shape, conv geometry, input shape).
+
+    Returns:
+        ``[{'names': [...], 'layer': first layer, 'input_shape': ...}]`` in call order.
+    """
+    layers = adapter_layers(model)
+    groups: 'OrderedDict[tuple, dict]' = OrderedDict()
+    for name, shape in shapes.items():
+        layer = layers[name]
+        geometry = tuple(getattr(layer, attr, None) for attr in
+                         ('stride', 'padding', 'dilation', 'groups', 'padding_mode'))
+        key = (layer.adapter_base_class, tuple(layer.weight.shape), geometry, shape)
+        groups.setdefault(key, {'names': [], 'layer': layer, 'input_shape': shape})
+        groups[key]['names'].append(name)
+    return list(groups.values())
+
+
+def plain_copy(layer: AdapterLayer) -> nn.Module:
+    """A frozen copy of ``layer``'s base layer, without its adapter."""
+    base = unwrap_layer(copy.deepcopy(layer))
+    base.requires_grad_(False)
+    return base
+
+
+def variant(base: nn.Module, method: dict | None, mode: str = 'auto') -> nn.Module:
+    """A copy of the frozen ``base`` with ``method`` (``wrap_layer`` arguments: ``method``,
+    ``rank``, ``kernel_rank``, ``scale``) in forward ``mode``, or the bare base for None."""
+    layer = copy.deepcopy(base)
+    if method is None:
+        return layer
+    layer = wrap_layer(layer, method['method'], rank=method['rank'],
+                       kernel_rank=method.get('kernel_rank', 1), scale=method.get('scale', 1.0),
+                       forward_mode=mode)
+    with torch.no_grad():  # non-zero adapters: a zero core / B would skip no work, but be safe
+        for _, param in layer.adapter_named_parameters():
+            param.normal_(0, 0.02)
+    return layer
+
+
+def auto_choice(layer: AdapterLayer, x: torch.Tensor) -> str:
+    """The forward mode ``auto`` takes for ``x`` in a train step."""
+    return 'factorized' if layer._use_factorized(x) else 'merged'
+
+
+def time_layer(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
+    """Seconds of one forward + backward of ``layer`` on ``x`` (which requires grad)."""
+    start = time.perf_counter()
+    out = layer(x)
+    out.backward(grad)
+    return time.perf_counter() - start
+
+
+def profile_groups(groups: list[dict], methods: dict, repeats: int = 5,
+                   warmup: int = 1) -> list[dict]:
+    """Time every group for ``limit`` and each method in each forward mode.
+
+    Args:
+        groups: From :func:`group_layers`.
+        methods: Label -> ``wrap_layer`` arguments (``method``, ``rank``, ``kernel_rank``,
+            ``scale``).
+        repeats: Timed rounds (variants interleaved within a round).
+        warmup: Untimed rounds first.
+
+    Returns:
+        One row per group: ``names``, ``count``, ``weight_shape``, ``input_shape``, ``ms``
+        (variant -> median ms per layer) and ``auto`` (method label -> chosen mode).
+    """
+    rows = []
+    for group in groups:
+        base = plain_copy(group['layer'])
+        x = torch.randn(group['input_shape']).requires_grad_(True)
+        with torch.no_grad():
+            grad = torch.randn_like(base(x))
+        variants = {'limit': variant(base, None)}
+        auto = {}
+        for label, method in methods.items():
+            for mode in FORWARD_MODES:
+                variants[f'{label}/{mode}'] = variant(base, method, mode)
+            with torch.enable_grad():
+                auto[label] = auto_choice(variants[f'{label}/auto'], x)
+        samples = {key: [] for key in variants}
+        for round_ in range(warmup + repeats):
+            for key, layer in variants.items():
+                x.grad = None
+                seconds = time_layer(layer, x, grad)
+                if round_ >= warmup:
+                    samples[key].append(seconds)
+        rows.append(dict(names=group['names'], count=len(group['names']),
+                         weight_shape=list(base.weight.shape), input_shape=list(x.shape),
+                         ms={k: 1e3 * statistics.median(v) for k, v in samples.items()},
+                         auto=auto))
+    return rows
+
+
+def totals(rows: list[dict]) -> dict:
+    """Sum over groups of ``count * ms`` per variant, plus per method the best forced mode
+    per group (``<label>/best``)."""
+    total: dict = {}
+    for row in rows:
+        for key, ms in row['ms'].items():
+            total[key] = total.get(key, 0.) + row['count'] * ms
+        for label in row['auto']:
+            best = min(row['ms'][f'{label}/{m}'] for m in FORWARD_MODES if m != 'auto')
+            total[f'{label}/best'] = total.get(f'{label}/best', 0.) + row['count'] * best
+    return total
+
+
+def format_profile(rows: list[dict], labels: list[str]) -> str:
+    """A markdown table per group (ms per layer) and the totals (ms per step)."""
+    head = ['layers', 'n', 'weight', 'input', 'limit']
+    for label in labels:
+        head += [f'{label} auto', f'{label} fact.', f'{label} merged']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for row in rows:
+        cells = [row['names'][0] + (' ...' if row['count'] > 1 else ''), str(row['count']),
+                 'x'.join(map(str, row['weight_shape'])), 'x'.join(map(str, row['input_shape'])),
+                 f'{row["ms"]["limit"]:.1f}']
+        for label in labels:
+            ms = row['ms']
+            cells += [f'{ms[f"{label}/auto"]:.1f} ({row["auto"][label][0]})',
+                      f'{ms[f"{label}/factorized"]:.1f}', f'{ms[f"{label}/merged"]:.1f}']
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    total = totals(rows)
+    lines += ['', '| total (ms per step) | limit | ' + ' | '.join(
+        f'{label} auto | {label} best mode per group' for label in labels) + ' |',
+        '|---|' + '---|' * (1 + 2 * len(labels)),
+        f'| adapted layers | {total["limit"]:.0f} | ' + ' | '.join(
+            f'{total[f"{label}/auto"]:.0f} | {total[f"{label}/best"]:.0f}' for label in labels)
+        + ' |']
+    return '\n'.join(lines)
+
+
+def method_of(model: nn.Module) -> dict:
+    """The ``wrap_layer`` arguments of a model's adapters (read from its first adapted layer)."""
+    layer = next(iter(adapter_layers(model).values()))
+    return dict(method=layer.adapter_type, rank=layer.adapter_rank,
+                kernel_rank=getattr(layer, 'adapter_kernel_rank', 1), scale=layer.adapter_scale)
+
+
+def profile_configs(configs: dict, input_size, batch_size: int = 1, repeats: int = 5,
+                    cfg_options: dict | None = None) -> dict:
+    """Profile the backbone layers of configs that differ in the adapter method only.
+
+    Args:
+        configs: Label -> config path (e.g. ``{'FLoRA': ..., 'LoRA': ...}``); the first one's
+            backbone gives the layer inputs, every one its method.
+        input_size: ``(H, W)`` of the backbone input.
+        batch_size: Images per batch.
+        repeats: Timed rounds per group.
+        cfg_options: Overrides for every config.
+
+    Returns:
+        ``{'methods': label -> method, 'rows': profile_groups rows, 'totals': totals}``.
+    """
+    from flora_mm.apis import load_config
+    from flora_mm.apis.merge import build_model
+    methods, first = {}, None
+    for label, path in configs.items():
+        cfg = load_config(path, cfg_options=cfg_options)
+        cfg.model.backbone.pretrained = None
+        backbone = build_model(cfg, cfg.model.backbone).eval()
+        methods[label] = method_of(backbone)
+        first = first or backbone
+    shapes = layer_inputs(first, torch.randn(batch_size, 3, *input_size))
+    rows = profile_groups(group_layers(first, shapes), methods, repeats=repeats)
+    return dict(methods=methods, rows=rows, totals=totals(rows))
