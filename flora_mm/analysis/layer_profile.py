@@ -30,21 +30,41 @@ from flora_mm.adapters import AdapterLayer, adapter_layers
 from flora_mm.adapters.layers import FORWARD_MODES, unwrap_layer, wrap_layer
 
 
+def memory_format(x: torch.Tensor) -> str:
+    """``'channels_last'`` for a 4-D tensor stored NHWC (as ConvNeXt's depthwise convs get
+    their inputs, after the MLP's permute), else ``'contiguous'``; the CPU kernels' speed
+    differs a lot between the two."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last):
+        return 'channels_last'
+    return 'contiguous'
+
+
+def random_input(shape, fmt: str) -> torch.Tensor:
+    """A random input of ``shape`` in memory format ``fmt`` (see :func:`memory_format`)."""
+    x = torch.randn(shape)
+    if fmt == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def layer_inputs(model: nn.Module, inputs: torch.Tensor) -> 'OrderedDict[str, tuple]':
-    """The input shape of every adapted layer of ``model`` in one no-grad forward.
+    """The input shape and memory format of every adapted layer of ``model`` in one no-grad
+    forward.
 
     Args:
         model: A model (e.g. a backbone) with adapted layers.
         inputs: Its input batch.
 
     Returns:
-        Layer name -> input shape, in call order (layers that did not run are left out).
+        Layer name -> ``(shape, memory format)``, in call order (layers that did not run are
+        left out).
     """
     shapes: 'OrderedDict[str, tuple]' = OrderedDict()
 
     def record(name: str):
         def hook(_, args) -> None:
-            shapes.setdefault(name, tuple(args[0].shape))
+            shapes.setdefault(name, (tuple(args[0].shape), memory_format(args[0])))
         return hook
 
     handles = [layer.register_forward_pre_hook(record(name))
@@ -59,19 +79,21 @@ def layer_inputs(model: nn.Module, inputs: torch.Tensor) -> 'OrderedDict[str, tu
 
 
 def group_layers(model: nn.Module, shapes: dict) -> list[dict]:
-    """Group layers by (base class, weight shape, conv geometry, input shape).
+    """Group layers by (base class, weight shape, conv geometry, input shape and format).
 
     Returns:
-        ``[{'names': [...], 'layer': first layer, 'input_shape': ...}]`` in call order.
+        ``[{'names': [...], 'layer': first layer, 'input_shape': ..., 'memory_format': ...}]``
+        in call order.
     """
     layers = adapter_layers(model)
     groups: 'OrderedDict[tuple, dict]' = OrderedDict()
-    for name, shape in shapes.items():
+    for name, (shape, fmt) in shapes.items():
         layer = layers[name]
         geometry = tuple(getattr(layer, attr, None) for attr in
                          ('stride', 'padding', 'dilation', 'groups', 'padding_mode'))
-        key = (layer.adapter_base_class, tuple(layer.weight.shape), geometry, shape)
-        groups.setdefault(key, {'names': [], 'layer': layer, 'input_shape': shape})
+        key = (layer.adapter_base_class, tuple(layer.weight.shape), geometry, shape, fmt)
+        groups.setdefault(key, {'names': [], 'layer': layer, 'input_shape': shape,
+                                'memory_format': fmt})
         groups[key]['names'].append(name)
     return list(groups.values())
 
@@ -129,9 +151,9 @@ def profile_groups(groups: list[dict], methods: dict, repeats: int = 5,
     rows = []
     for group in groups:
         base = plain_copy(group['layer'])
-        x = torch.randn(group['input_shape']).requires_grad_(True)
+        x = random_input(group['input_shape'], group['memory_format']).requires_grad_(True)
         with torch.no_grad():
-            grad = torch.randn_like(base(x))
+            grad = torch.randn_like(base(x))  # in the output's memory format
         variants = {'limit': variant(base, None)}
         auto = {}
         for label, method in methods.items():
@@ -148,6 +170,7 @@ def profile_groups(groups: list[dict], methods: dict, repeats: int = 5,
                     samples[key].append(seconds)
         rows.append(dict(names=group['names'], count=len(group['names']),
                          weight_shape=list(base.weight.shape), input_shape=list(x.shape),
+                         memory_format=group['memory_format'],
                          ms={k: 1e3 * statistics.median(v) for k, v in samples.items()},
                          auto=auto))
     return rows
@@ -174,7 +197,9 @@ def format_profile(rows: list[dict], labels: list[str]) -> str:
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for row in rows:
         cells = [row['names'][0] + (' ...' if row['count'] > 1 else ''), str(row['count']),
-                 'x'.join(map(str, row['weight_shape'])), 'x'.join(map(str, row['input_shape'])),
+                 'x'.join(map(str, row['weight_shape'])),
+                 'x'.join(map(str, row['input_shape']))
+                 + (' NHWC' if row['memory_format'] == 'channels_last' else ''),
                  f'{row["ms"]["limit"]:.1f}']
         for label in labels:
             ms = row['ms']

@@ -21,8 +21,10 @@ class Net(nn.Module):
 
     def forward(self, x):
         x = self.stem(x)
-        for dw in self.dws:
+        for i, dw in enumerate(self.dws):
             x = x + dw(x)
+            if i == 0:  # as ConvNeXt's blocks hand on their NHWC-computed outputs
+                x = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
         return self.head(x.mean((2, 3)))
 
 
@@ -40,10 +42,12 @@ def adapted():
 
 def test_layer_inputs_and_groups(adapted):
     shapes = layer_profile.layer_inputs(adapted, torch.randn(2, 3, 16, 16))
-    assert shapes == {'stem': (2, 3, 16, 16), 'dws.0': (2, 8, 8, 8), 'dws.1': (2, 8, 8, 8),
-                      'dws.2': (2, 8, 8, 8), 'head': (2, 8)}
+    nchw, nhwc = 'contiguous', 'channels_last'
+    assert shapes == {'stem': ((2, 3, 16, 16), nchw), 'dws.0': ((2, 8, 8, 8), nchw),
+                      'dws.1': ((2, 8, 8, 8), nhwc), 'dws.2': ((2, 8, 8, 8), nhwc),
+                      'head': ((2, 8), nchw)}
     groups = layer_profile.group_layers(adapted, shapes)
-    assert [g['names'] for g in groups] == [['stem'], ['dws.0', 'dws.1', 'dws.2'], ['head']]
+    assert [g['names'] for g in groups] == [['stem'], ['dws.0'], ['dws.1', 'dws.2'], ['head']]
     assert layer_profile.method_of(adapted) == FLORA
 
 
@@ -76,8 +80,9 @@ def test_profile_rows_and_totals(adapted):
     shapes = layer_profile.layer_inputs(adapted, torch.randn(2, 3, 16, 16))
     rows = layer_profile.profile_groups(layer_profile.group_layers(adapted, shapes),
                                         {'FLoRA': FLORA, 'LoRA': LORA}, repeats=2, warmup=0)
-    assert [row['count'] for row in rows] == [1, 3, 1]
-    assert rows[1]['weight_shape'] == [8, 1, 3, 3] and rows[1]['input_shape'] == [2, 8, 8, 8]
+    assert [row['count'] for row in rows] == [1, 1, 2, 1]
+    assert rows[2]['weight_shape'] == [8, 1, 3, 3] and rows[2]['input_shape'] == [2, 8, 8, 8]
+    assert rows[2]['memory_format'] == 'channels_last'
     keys = {'limit'} | {f'{m}/{mode}' for m in ('FLoRA', 'LoRA')
                         for mode in ('auto', 'factorized', 'merged')}
     for row in rows:
@@ -90,4 +95,4 @@ def test_profile_rows_and_totals(adapted):
                for r in rows)
     assert math.isclose(total['FLoRA/best'], best)
     table = layer_profile.format_profile(rows, ['FLoRA', 'LoRA'])
-    assert 'dws.0 ...' in table and f'{total["limit"]:.0f}' in table
+    assert 'dws.1 ...' in table and '2x8x8x8 NHWC' in table and f'{total["limit"]:.0f}' in table
