@@ -216,6 +216,34 @@ def format_profile(rows: list[dict], labels: list[str]) -> str:
     return '\n'.join(lines)
 
 
+def backbone_steps(backbones: dict, inputs: torch.Tensor, repeats: int = 3) -> dict:
+    """Forward + backward of whole backbones in one process, interleaved: the in-network
+    counterpart of the per-layer times, free of the process-to-process drift of separate runs.
+
+    Args:
+        backbones: Label -> backbone in train mode (same base weights for a fair comparison).
+        inputs: The batch; the loss is the mean square of every output.
+        repeats: Timed rounds after one untimed round.
+
+    Returns:
+        Label -> step times in seconds.
+    """
+    def step(model: nn.Module) -> float:
+        start = time.perf_counter()
+        sum(out.float().pow(2).mean() for out in model(inputs)).backward()
+        seconds = time.perf_counter() - start
+        model.zero_grad(set_to_none=True)
+        return seconds
+
+    samples = {label: [] for label in backbones}
+    for round_ in range(1 + repeats):
+        for label, model in backbones.items():
+            seconds = step(model)
+            if round_:
+                samples[label].append(seconds)
+    return samples
+
+
 def method_of(model: nn.Module) -> dict:
     """The ``wrap_layer`` arguments of a model's adapters (read from its first adapted layer)."""
     layer = next(iter(adapter_layers(model).values()))
@@ -236,17 +264,30 @@ def profile_configs(configs: dict, input_size, batch_size: int = 1, repeats: int
         cfg_options: Overrides for every config.
 
     Returns:
-        ``{'methods': label -> method, 'rows': profile_groups rows, 'totals': totals}``.
+        ``{'methods': label -> method, 'rows': profile_groups rows, 'totals': totals,
+        'backbone_steps': label -> whole-backbone step times (s), see backbone_steps}``.
     """
     from flora_mm.apis import load_config
     from flora_mm.apis.merge import build_model
-    methods, first = {}, None
+    methods, backbones = {}, {}
     for label, path in configs.items():
         cfg = load_config(path, cfg_options=cfg_options)
         cfg.model.backbone.pretrained = None
-        backbone = build_model(cfg, cfg.model.backbone).eval()
-        methods[label] = method_of(backbone)
-        first = first or backbone
-    shapes = layer_inputs(first, torch.randn(batch_size, 3, *input_size))
-    rows = profile_groups(group_layers(first, shapes), methods, repeats=repeats)
-    return dict(methods=methods, rows=rows, totals=totals(rows))
+        torch.manual_seed(0)  # the same base weights for every method
+        backbones[label] = build_model(cfg, cfg.model.backbone).train()
+        methods[label] = method_of(backbones[label])
+    inputs = torch.randn(batch_size, 3, *input_size)
+    first = next(iter(backbones.values()))
+    rows = profile_groups(group_layers(first, layer_inputs(first, inputs)), methods,
+                          repeats=repeats)
+    steps = backbone_steps(backbones, inputs, repeats)
+    return dict(methods=methods, rows=rows, totals=totals(rows), backbone_steps=steps)
+
+
+def format_steps(steps: dict) -> str:
+    """Median whole-backbone step per label and its ratio to the last label's."""
+    medians = {label: statistics.median(v) for label, v in steps.items()}
+    ref = list(medians)[-1]
+    return '\n'.join(f'backbone forward + backward, {label}: {m:.2f} s median of '
+                     f'{len(steps[label])} ({m / medians[ref]:.3f}x {ref})'
+                     for label, m in medians.items())

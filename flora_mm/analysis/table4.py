@@ -13,8 +13,9 @@ allocator peak on CUDA), warm-up included, so optimizer state and gradients coun
 The table (:func:`run_table`) crosses tasks (Mask R-CNN on COCO at 1333x800, UperNet on
 ADE20K at 512x512, Oriented R-CNN on DOTA at 1024x1024, all ConvNeXt-V2-L) with methods
 (:data:`METHODS`) and ``with_cp``; ``limit`` is the frozen base with the backbone's input
-requiring grad, i.e. activation gradients through every layer but no weight gradient: what
-any adapter method must at least compute. Jobs run one process at a time, in rounds with a
+requiring grad and its stages in train mode (drop path on, as under an adapter method), i.e.
+the adapters' forward and activation gradients through every layer but no weight gradient:
+what any adapter method must at least compute. Jobs run one process at a time, in rounds with a
 rotated order so that drifts of a shared machine hit all methods alike, and every finished
 job is merged into the JSON at once, so an interrupted table resumes where it stopped.
 """
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from .measure import peak_memory, rotated, write_json
 
@@ -233,6 +235,9 @@ def prepare_job(job: dict) -> tuple:
     model = build_model(cfg).to(device).train()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     if job.get('input_grad'):
+        # the adapters' forward without the adapters: stages a frozen backbone would run in
+        # eval mode run in train mode (drop path on), as under an adapter method
+        nn.Module.train(model.backbone, True)
         model.backbone.register_forward_pre_hook(
             lambda _, args: (args[0].detach().requires_grad_(True), *args[1:]))
     return model, optim_wrapper, synthetic_batch(model, batch_size, job['input_size'])

@@ -96,3 +96,24 @@ def test_profile_rows_and_totals(adapted):
     assert math.isclose(total['FLoRA/best'], best)
     table = layer_profile.format_profile(rows, ['FLoRA', 'LoRA'])
     assert 'dws.1 ...' in table and '2x8x8x8 NHWC' in table and f'{total["limit"]:.0f}' in table
+
+
+def test_backbone_steps_interleaved_and_clean(adapted):
+    lora = Net()
+    inject_adapters(lora, dict(type='LoRA', rank=4))
+
+    class Outputs(nn.Module):  # a backbone returns a tuple of feature maps
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return (self.net(x),)
+
+    models = {'FLoRA': Outputs(adapted), 'LoRA': Outputs(lora)}
+    steps = layer_profile.backbone_steps(models, torch.randn(2, 3, 16, 16), repeats=3)
+    assert {k: len(v) for k, v in steps.items()} == {'FLoRA': 3, 'LoRA': 3}
+    assert all(t > 0 for v in steps.values() for t in v)
+    assert all(p.grad is None for m in models.values() for p in m.parameters())
+    text = layer_profile.format_steps({'FLoRA': [2.0, 3.0, 4.0], 'LoRA': [1.0, 2.0, 2.0]})
+    assert 'FLoRA: 3.00 s median of 3 (1.500x LoRA)' in text

@@ -117,6 +117,11 @@ def test_limit_job_computes_input_gradients():
     assert seen[0].requires_grad and seen[0].grad is not None
     assert seen[0].grad.abs().sum() > 0
     assert all(p.grad is None for p in model.backbone.parameters())
+    # the adapters' forward without adapters: every stage in train mode (drop path on), where
+    # the frozen baseline runs its stages in eval mode
+    assert all(m.training for m in model.backbone.modules())
+    frozen, _, _ = table4.prepare_job(_job(SEG, 'frozen'))
+    assert not any(stage.training for stage in frozen.backbone.stages)
 
 
 @pytest.mark.parametrize('config,size', [(DET, (96, 160)), (ROT, (128, 128)), (SEG, (64, 96))])

@@ -2,7 +2,8 @@
 
 Times forward + backward of every distinct adapted layer of the backbone (grouped by weight
 geometry and input shape) for the frozen base (``limit``) and each config's adapter method in
-every forward mode, and the mode ``auto`` picks; prints a table and writes JSON. See
+every forward mode, and the mode ``auto`` picks; then whole backbones (same base weights) in
+one process, interleaved, for the in-network ratio. Prints tables and writes JSON. See
 ``flora_mm.analysis.layer_profile``.
 
 Example (the ADE20K UperNet of Table 4, batch 2 at 512x512):
@@ -13,7 +14,7 @@ Example (the ADE20K UperNet of Table 4, batch 2 at 512x512):
 """
 import argparse
 
-from flora_mm.analysis.layer_profile import format_profile, profile_configs
+from flora_mm.analysis.layer_profile import format_profile, format_steps, profile_configs
 from flora_mm.analysis.measure import write_json
 
 
@@ -37,6 +38,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     report = profile_configs(args.configs, args.input_size, args.batch_size, args.repeats)
     print(format_profile(report['rows'], list(args.configs)))
+    print('\n' + format_steps(report['backbone_steps']))
     write_json(args.out, dict(report, input_size=args.input_size, batch_size=args.batch_size))
     print(f'\nwrote {args.out}')
 
