@@ -216,7 +216,8 @@ def format_profile(rows: list[dict], labels: list[str]) -> str:
     return '\n'.join(lines)
 
 
-def backbone_steps(backbones: dict, inputs: torch.Tensor, repeats: int = 3) -> dict:
+def backbone_steps(backbones: dict, inputs: torch.Tensor, repeats: int = 3,
+                   input_grad: tuple = ('limit',)) -> dict:
     """Forward + backward of whole backbones in one process, interleaved: the in-network
     counterpart of the per-layer times, free of the process-to-process drift of separate runs.
 
@@ -224,13 +225,14 @@ def backbone_steps(backbones: dict, inputs: torch.Tensor, repeats: int = 3) -> d
         backbones: Label -> backbone in train mode (same base weights for a fair comparison).
         inputs: The batch; the loss is the mean square of every output.
         repeats: Timed rounds after one untimed round.
+        input_grad: Labels whose input requires grad (the frozen base as the limit).
 
     Returns:
         Label -> step times in seconds.
     """
-    def step(model: nn.Module) -> float:
+    def step(model: nn.Module, x: torch.Tensor) -> float:
         start = time.perf_counter()
-        sum(out.float().pow(2).mean() for out in model(inputs)).backward()
+        sum(out.float().pow(2).mean() for out in model(x)).backward()
         seconds = time.perf_counter() - start
         model.zero_grad(set_to_none=True)
         return seconds
@@ -238,7 +240,7 @@ def backbone_steps(backbones: dict, inputs: torch.Tensor, repeats: int = 3) -> d
     samples = {label: [] for label in backbones}
     for round_ in range(1 + repeats):
         for label, model in backbones.items():
-            seconds = step(model)
+            seconds = step(model, inputs.detach().requires_grad_(label in input_grad))
             if round_:
                 samples[label].append(seconds)
     return samples
@@ -253,7 +255,9 @@ def method_of(model: nn.Module) -> dict:
 
 def profile_configs(configs: dict, input_size, batch_size: int = 1, repeats: int = 5,
                     cfg_options: dict | None = None) -> dict:
-    """Profile the backbone layers of configs that differ in the adapter method only.
+    """Profile the backbone layers of configs that differ in the adapter method only; the whole
+    backbones are also timed, with the limit (the first config's backbone frozen, input
+    requiring grad, every stage in train mode).
 
     Args:
         configs: Label -> config path (e.g. ``{'FLoRA': ..., 'LoRA': ...}``); the first one's
@@ -265,19 +269,22 @@ def profile_configs(configs: dict, input_size, batch_size: int = 1, repeats: int
 
     Returns:
         ``{'methods': label -> method, 'rows': profile_groups rows, 'totals': totals,
-        'backbone_steps': label -> whole-backbone step times (s), see backbone_steps}``.
+        'backbone_steps': label -> whole-backbone step times (s), 'limit' first}``.
     """
     from flora_mm.apis import load_config
     from flora_mm.apis.merge import build_model
     methods, backbones = {}, {}
-    for label, path in configs.items():
+    for label, path in [('limit', next(iter(configs.values())))] + list(configs.items()):
         cfg = load_config(path, cfg_options=cfg_options)
         cfg.model.backbone.pretrained = None
+        if label == 'limit':
+            cfg.model.backbone.adapter = dict(type='Frozen')
         torch.manual_seed(0)  # the same base weights for every method
-        backbones[label] = build_model(cfg, cfg.model.backbone).train()
-        methods[label] = method_of(backbones[label])
+        backbones[label] = nn.Module.train(build_model(cfg, cfg.model.backbone), True)
+        if label != 'limit':
+            methods[label] = method_of(backbones[label])
     inputs = torch.randn(batch_size, 3, *input_size)
-    first = next(iter(backbones.values()))
+    first = backbones[next(iter(configs))]
     rows = profile_groups(group_layers(first, layer_inputs(first, inputs)), methods,
                           repeats=repeats)
     steps = backbone_steps(backbones, inputs, repeats)
@@ -285,9 +292,11 @@ def profile_configs(configs: dict, input_size, batch_size: int = 1, repeats: int
 
 
 def format_steps(steps: dict) -> str:
-    """Median whole-backbone step per label and its ratio to the last label's."""
+    """Median whole-backbone step per label, its ratio to the last label's and to the
+    limit's (when there is one)."""
     medians = {label: statistics.median(v) for label, v in steps.items()}
-    ref = list(medians)[-1]
+    refs = [ref for ref in ('limit', list(medians)[-1]) if ref in medians]
     return '\n'.join(f'backbone forward + backward, {label}: {m:.2f} s median of '
-                     f'{len(steps[label])} ({m / medians[ref]:.3f}x {ref})'
+                     f'{len(steps[label])} ('
+                     + ', '.join(f'{m / medians[ref]:.3f}x {ref}' for ref in refs) + ')'
                      for label, m in medians.items())

@@ -115,5 +115,14 @@ def test_backbone_steps_interleaved_and_clean(adapted):
     assert {k: len(v) for k, v in steps.items()} == {'FLoRA': 3, 'LoRA': 3}
     assert all(t > 0 for v in steps.values() for t in v)
     assert all(p.grad is None for m in models.values() for p in m.parameters())
-    text = layer_profile.format_steps({'FLoRA': [2.0, 3.0, 4.0], 'LoRA': [1.0, 2.0, 2.0]})
-    assert 'FLoRA: 3.00 s median of 3 (1.500x LoRA)' in text
+    text = layer_profile.format_steps({'limit': [1.5], 'FLoRA': [2.0, 3.0, 4.0],
+                                       'LoRA': [1.0, 2.0, 2.0]})
+    assert 'FLoRA: 3.00 s median of 3 (2.000x limit, 1.500x LoRA)' in text
+    # the limit's input requires grad, the others' not
+    seen = {}
+    for label, model in models.items():
+        model.register_forward_pre_hook(
+            lambda _, args, label=label: seen.__setitem__(label, args[0].requires_grad))
+    layer_profile.backbone_steps({'limit': models['LoRA'], 'FLoRA': models['FLoRA']},
+                                 torch.randn(2, 3, 16, 16), repeats=1)
+    assert seen == {'LoRA': True, 'FLoRA': False}
