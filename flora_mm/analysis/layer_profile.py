@@ -22,12 +22,15 @@ import copy
 import statistics
 import time
 from collections import OrderedDict
+from functools import partial
 
 import torch
 import torch.nn as nn
 
 from flora_mm.adapters import AdapterLayer, adapter_layers
 from flora_mm.adapters.layers import FORWARD_MODES, unwrap_layer, wrap_layer
+
+from .measure import median_ms, rotated
 
 
 def memory_format(x: torch.Tensor) -> str:
@@ -126,11 +129,34 @@ def auto_choice(layer: AdapterLayer, x: torch.Tensor) -> str:
 
 
 def time_layer(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
-    """Seconds of one forward + backward of ``layer`` on ``x`` (which requires grad)."""
+    """Seconds of one forward + backward of ``layer`` on ``x`` (which requires grad; its
+    gradient is reset first)."""
+    x.grad = None
     start = time.perf_counter()
     out = layer(x)
     out.backward(grad)
     return time.perf_counter() - start
+
+
+def interleaved(runs: dict, repeats: int, warmup: int = 1) -> dict:
+    """Call every run ``warmup + repeats`` times, one round at a time, each round in another
+    order (:func:`~flora_mm.analysis.measure.rotated`), so that drifts hit all runs alike.
+
+    Args:
+        runs: Label -> callable returning the seconds it measured.
+        repeats: Timed rounds.
+        warmup: Untimed rounds first.
+
+    Returns:
+        Label -> the timed samples.
+    """
+    samples = {label: [] for label in runs}
+    for round_ in range(warmup + repeats):
+        for label in rotated(list(runs), round_):
+            seconds = runs[label]()
+            if round_ >= warmup:
+                samples[label].append(seconds)
+    return samples
 
 
 def profile_groups(groups: list[dict], methods: dict, repeats: int = 5,
@@ -141,7 +167,7 @@ def profile_groups(groups: list[dict], methods: dict, repeats: int = 5,
         groups: From :func:`group_layers`.
         methods: Label -> ``wrap_layer`` arguments (``method``, ``rank``, ``kernel_rank``,
             ``scale``).
-        repeats: Timed rounds (variants interleaved within a round).
+        repeats: Timed rounds (variants interleaved, see :func:`interleaved`).
         warmup: Untimed rounds first.
 
     Returns:
@@ -161,17 +187,12 @@ def profile_groups(groups: list[dict], methods: dict, repeats: int = 5,
                 variants[f'{label}/{mode}'] = variant(base, method, mode)
             with torch.enable_grad():
                 auto[label] = auto_choice(variants[f'{label}/auto'], x)
-        samples = {key: [] for key in variants}
-        for round_ in range(warmup + repeats):
-            for key, layer in variants.items():
-                x.grad = None
-                seconds = time_layer(layer, x, grad)
-                if round_ >= warmup:
-                    samples[key].append(seconds)
+        samples = interleaved({key: partial(time_layer, layer, x, grad)
+                               for key, layer in variants.items()}, repeats, warmup)
         rows.append(dict(names=group['names'], count=len(group['names']),
                          weight_shape=list(base.weight.shape), input_shape=list(x.shape),
                          memory_format=group['memory_format'],
-                         ms={k: 1e3 * statistics.median(v) for k, v in samples.items()},
+                         ms={k: median_ms(v) for k, v in samples.items()},
                          auto=auto))
     return rows
 
@@ -224,26 +245,22 @@ def backbone_steps(backbones: dict, inputs: torch.Tensor, repeats: int = 3,
     Args:
         backbones: Label -> backbone in train mode (same base weights for a fair comparison).
         inputs: The batch; the loss is the mean square of every output.
-        repeats: Timed rounds after one untimed round.
+        repeats: Timed rounds after one untimed round (see :func:`interleaved`).
         input_grad: Labels whose input requires grad (the frozen base as the limit).
 
     Returns:
         Label -> step times in seconds.
     """
-    def step(model: nn.Module, x: torch.Tensor) -> float:
+    def step(model: nn.Module, requires_grad: bool) -> float:
+        x = inputs.detach().requires_grad_(requires_grad)
         start = time.perf_counter()
         sum(out.float().pow(2).mean() for out in model(x)).backward()
         seconds = time.perf_counter() - start
         model.zero_grad(set_to_none=True)
         return seconds
 
-    samples = {label: [] for label in backbones}
-    for round_ in range(1 + repeats):
-        for label, model in backbones.items():
-            seconds = step(model, inputs.detach().requires_grad_(label in input_grad))
-            if round_:
-                samples[label].append(seconds)
-    return samples
+    return interleaved({label: partial(step, model, label in input_grad)
+                        for label, model in backbones.items()}, repeats)
 
 
 def method_of(model: nn.Module) -> dict:

@@ -126,3 +126,16 @@ def test_backbone_steps_interleaved_and_clean(adapted):
     layer_profile.backbone_steps({'limit': models['LoRA'], 'FLoRA': models['FLoRA']},
                                  torch.randn(2, 3, 16, 16), repeats=1)
     assert seen == {'LoRA': True, 'FLoRA': False}
+
+
+def test_interleaved_rotates_rounds_and_drops_warmup():
+    calls = []
+
+    def run(label):
+        calls.append(label)
+        return float(len(calls))  # the call's position stands in for its time
+
+    samples = layer_profile.interleaved({k: (lambda k=k: run(k)) for k in 'abc'}, repeats=2,
+                                        warmup=1)
+    assert calls == ['a', 'b', 'c', 'b', 'c', 'a', 'c', 'a', 'b']
+    assert samples == {'a': [6.0, 8.0], 'b': [4.0, 9.0], 'c': [5.0, 7.0]}
