@@ -117,7 +117,7 @@ def variant(base: nn.Module, method: dict | None, mode: str = 'auto') -> nn.Modu
     layer = wrap_layer(layer, method['method'], rank=method['rank'],
                        kernel_rank=method.get('kernel_rank', 1), scale=method.get('scale', 1.0),
                        forward_mode=mode)
-    with torch.no_grad():  # non-zero adapters: a zero core / B would skip no work, but be safe
+    with torch.no_grad():  # FLoRA's core and LoRA's B start at zero: time real values
         for _, param in layer.adapter_named_parameters():
             param.normal_(0, 0.02)
     return layer
