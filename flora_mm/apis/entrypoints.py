@@ -7,7 +7,7 @@ from typing import List, Optional
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
-from .launch import build_runner, load_config
+from .launch import build_runner, close_distributed, load_config
 
 LAUNCHERS = ['none', 'pytorch', 'slurm', 'mpi']
 AMP_WRAPPERS = ('AmpOptimWrapper', 'flora_mm.AmpOptimWrapper')
@@ -29,8 +29,9 @@ def parse_train_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a model with flora_mm')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision: float16 autocast with dynamic loss scaling on GPUs '
-        "(optim_wrapper.dtype='bfloat16' for bfloat16), bfloat16 autocast on CPUs")
+                        help='automatic mixed precision: float16 autocast with dynamic loss '
+                        "scaling on GPUs (optim_wrapper.dtype='bfloat16' for bfloat16), bfloat16 "
+                        'autocast on CPUs')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by the real batch size / auto_scale_lr.base_batch_size')
     parser.add_argument(
@@ -140,6 +141,7 @@ def run_train(argv: Optional[List[str]] = None):
     """``tools/train.py``: build the runner and train; returns the runner."""
     runner = build_runner(build_train_config(parse_train_args(argv)))
     runner.train()
+    close_distributed()
     return runner
 
 
@@ -153,4 +155,6 @@ def run_test(argv: Optional[List[str]] = None) -> dict:
             raise ValueError(f'--out {args.out!r}: the dump file must be a .pkl file')
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    return runner.test()
+    metrics = runner.test()
+    close_distributed()
+    return metrics

@@ -17,60 +17,8 @@ import torch
 import torch.nn as nn
 from mmengine.runner.checkpoint import _load_checkpoint
 
+from flora_mm.engine.checkpoint import complete_checkpoint
 from .launch import load_config, register_task_modules
-
-
-def _has_pretrained_source(node) -> bool:
-    """Whether a model config names weights to load: ``pretrained`` or a Pretrained init_cfg."""
-    if isinstance(node, dict):
-        if node.get('pretrained') or (node.get('type') == 'Pretrained'
-                                      and node.get('checkpoint')):
-            return True
-        return any(_has_pretrained_source(v) for v in node.values())
-    if isinstance(node, (list, tuple)):
-        return any(_has_pretrained_source(v) for v in node)
-    return False
-
-
-def complete_checkpoint(checkpoint: dict, model: nn.Module, model_cfg: dict,
-                        name: str = 'checkpoint') -> None:
-    """Make ``checkpoint['state_dict']`` hold exactly the keys of ``model``, in place.
-
-    An adapter-only checkpoint (``FLoRAHook(adapter_only_checkpoint=True)``) gets its frozen
-    tensors from ``model``, whose base weights must be the pretrained ones (backbone
-    ``pretrained=``, loaded at construction; ``init_cfg`` Pretrained weights are loaded here
-    by ``model.init_weights()``). DDP ``module.`` prefixes are dropped.
-
-    Args:
-        checkpoint: A runner checkpoint (``state_dict`` and ``meta``).
-        model: The model built from the config the checkpoint was trained with.
-        model_cfg: That config's ``model``, to check where frozen weights come from.
-        name: How to name the checkpoint in error messages (its path).
-
-    Raises:
-        ValueError: No ``state_dict``; an adapter-only checkpoint without pretrained weights
-            in the config; keys that do not match the model (named).
-    """
-    from flora_mm.engine.checkpoint import fill_frozen, is_adapter_only
-    if 'state_dict' not in checkpoint:
-        raise ValueError(f'{name}: not a runner checkpoint (no "state_dict"; top-level keys '
-                         f'{sorted(checkpoint)[:10]})')
-    checkpoint['state_dict'] = {k[7:] if k.startswith('module.') else k: v
-                                for k, v in checkpoint['state_dict'].items()}
-    if is_adapter_only(checkpoint):
-        if not _has_pretrained_source(model_cfg):
-            raise ValueError(
-                f'{name} is adapter-only (frozen weights dropped), but the model config loads '
-                'no pretrained weights (model.backbone.pretrained is None and no init_cfg of '
-                'type Pretrained): set model.backbone.pretrained to the weights it was '
-                'trained from, e.g. --cfg-options model.backbone.pretrained=PATH')
-        if hasattr(model, 'init_weights') and not getattr(model, 'is_init', True):
-            model.init_weights()
-        fill_frozen(checkpoint, model)
-    own, got = set(model.state_dict()), set(checkpoint['state_dict'])
-    if own != got:
-        raise ValueError(f'{name} does not match the model: missing keys '
-                         f'{sorted(own - got)[:20]}, unexpected keys {sorted(got - own)[:20]}')
 
 
 def _frozen_mismatch(checkpoint: dict, model: nn.Module) -> List[str]:
@@ -277,4 +225,4 @@ def infer(config, checkpoint: str, images: Sequence[str], out_dir: str, device: 
     return run_inferencer(inferencer, images, out_dir, score_thr)
 
 
-__all__ = ['build_inferencer', 'complete_checkpoint', 'infer', 'run_inferencer', 'test_set_images']
+__all__ = ['build_inferencer', 'infer', 'run_inferencer', 'test_set_images']

@@ -166,3 +166,16 @@ def build_runner(cfg: Config):
         init_default_scope(cfg.get('default_scope', 'mmdet'))
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def close_distributed() -> None:
+    """Destroy the default process group, if any, after every rank has finished its run.
+
+    Left to interpreter exit, the group's store and worker threads are torn down in no set
+    order, and a rank can abort ("terminate called without an active exception", exit -6)
+    after a run that succeeded; torch asks for ``destroy_process_group()`` before exit.
+    """
+    if dist.is_available() and dist.is_initialized():
+        # no rank may close the store (hosted by rank 0) while another still talks to it
+        dist.barrier()
+        dist.destroy_process_group()

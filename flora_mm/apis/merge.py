@@ -8,7 +8,7 @@ import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
 from flora_mm.adapters import adapt_model, atomic_write, count_adapter_params, merge_adapters
-from flora_mm.engine.checkpoint import fill_frozen, is_adapter_only
+from flora_mm.engine.checkpoint import complete_checkpoint
 from .launch import load_config, register_task_modules
 
 HOOK_TYPES = ('FLoRAHook', 'flora_mm.FLoRAHook')
@@ -97,19 +97,7 @@ def merge_checkpoint(config: str, checkpoint: str, out: str,
                          'config and no FLoRAHook with `adapter` in custom_hooks); nothing to '
                          'merge')
     ckpt = _load_checkpoint(checkpoint, map_location='cpu')
-    if 'state_dict' not in ckpt:
-        raise ValueError(f'{checkpoint}: not a runner checkpoint (no "state_dict" key; top-level '
-                         f'keys {sorted(ckpt)[:10]})')
-    ckpt['state_dict'] = {k[7:] if k.startswith('module.') else k: v
-                          for k, v in ckpt['state_dict'].items()}
-    if is_adapter_only(ckpt):
-        if hasattr(model, 'init_weights'):
-            model.init_weights()  # frozen init_cfg (pretrained) weights
-        fill_frozen(ckpt, model)
-    own = list(model.state_dict())
-    if sorted(own) != sorted(ckpt['state_dict']):
-        raise ValueError(f'{checkpoint} does not match the model of {config}: '
-                         + _key_diff(own, list(ckpt['state_dict'])))
+    complete_checkpoint(ckpt, model, cfg.model, checkpoint)
     model.load_state_dict(ckpt['state_dict'], strict=True)
     merge_adapters(model, unload=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

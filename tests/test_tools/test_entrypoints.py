@@ -5,8 +5,8 @@ import torch.distributed as dist
 from mmengine.config import Config
 
 from conftest import free_port
-from flora_mm.apis import (build_test_config, build_train_config, parse_test_args,
-                           parse_train_args, setup_cpu_distributed)
+from flora_mm.apis import (build_test_config, build_train_config, close_distributed,
+                           parse_test_args, parse_train_args, setup_cpu_distributed)
 
 CFG = """
 default_scope = 'mmdet'
@@ -56,6 +56,10 @@ def test_cpu_distributed_setup(monkeypatch):
     try:
         assert setup_cpu_distributed(cfg, 'pytorch') is True
         assert dist.is_initialized() and dist.get_backend() == 'gloo'
+        # what run_train / run_test end with, so no rank exits with a live group
+        close_distributed()
+        assert not dist.is_initialized()
+        close_distributed()  # nothing to close: a no-op
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
