@@ -179,3 +179,8 @@ def test_merge_adapters_tool(seg_runs, tmp_path, capsys):
     assert 'unexpected keys' in err and "'foo'" in err
     assert out_a.read_bytes() == b'previous'
     assert not list(tmp_path.glob('.merged_a.pth.*'))
+    # an adapter-only checkpoint needs the pretrained base it was trained from
+    assert tool.main([str(cfg_path), str(runs['A'] / 'iter_4.pth'), str(out_a),
+                      '--cfg-options', 'model.backbone.pretrained=None']) == 1
+    assert 'adapter-only' in capsys.readouterr().err
+    assert out_a.read_bytes() == b'previous'
