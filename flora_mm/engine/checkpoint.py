@@ -1,7 +1,9 @@
 """Adapter-only runner checkpoints: drop the frozen base on save, fill it back on load.
 
 Pure functions on the runner's checkpoint dict (``meta``, ``state_dict``, ...) and the
-unwrapped model; :class:`~flora_mm.engine.hooks.AdapterCheckpointHook` calls them.
+unwrapped model; :class:`~flora_mm.engine.hooks.AdapterCheckpointHook` calls them on save and
+resume, :func:`complete_checkpoint` serves the tools that load a checkpoint outside a runner
+(inference, merging).
 """
 from typing import List
 
