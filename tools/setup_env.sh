@@ -109,7 +109,7 @@ if [ -z "$MMCV_WHEEL" ]; then
     log "compiling mmcv $MMCV_VERSION with CPU ops; about 15 min on 2 cores, once"
   else
     cuda_build_env
-    log "compiling mmcv $MMCV_VERSION with CPU and CUDA ops; long (see README), once"
+    log "compiling mmcv $MMCV_VERSION with CPU and CUDA ops; about 2 CPU-hours (1 h+ on 2 cores), once"
   fi
   if [ -n "${FLORA_MM_MMCV_BUILD:-}" ]; then
     BUILD=$FLORA_MM_MMCV_BUILD
