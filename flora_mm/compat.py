@@ -272,6 +272,22 @@ def _patch_fsdp_cpu_optim_gather(optim_utils_module) -> None:
     optim_utils_module._unflatten_orig_param_states = unflatten
 
 
+def _patch_mmengine_test_json(logger_hook_module) -> None:
+    """Write the test metrics file ``<timestamp>.json`` from the main process only.
+
+    mmengine 0.10.7's ``LoggerHook.after_test_epoch`` dumps it on every rank, the one write of
+    that hook without ``master_only``: two ranks truncating and writing the same file at once
+    left a corrupt file in CI (rank 1's line, then the tail of rank 0's longer one).
+    """
+    from mmengine.dist import master_only
+    dump = logger_hook_module.dump
+    if getattr(dump, '_flora_mm_patched', False):
+        return
+    main_only = master_only(dump)
+    main_only._flora_mm_patched = True
+    logger_hook_module.dump = main_only
+
+
 def apply_compat() -> None:
     """Apply every fix once (lazily where it patches a package); safe to call repeatedly."""
     global _applied
@@ -280,6 +296,7 @@ def apply_compat() -> None:
     _restore_collections_aliases()
     when_imported('mmengine.runner.checkpoint', _patch_mmengine_checkpoint_loader)
     when_imported('mmengine._strategy.fsdp', _patch_mmengine_fsdp_resume)
+    when_imported('mmengine.hooks.logger_hook', _patch_mmengine_test_json)
     when_imported('torch.distributed.fsdp._optim_utils', _patch_fsdp_cpu_optim_gather)
     when_imported('mmcv.cnn', _patch_mmcv_flops_counter)
     when_imported('mmengine.analysis', _patch_mmengine_complexity_info)

@@ -106,3 +106,18 @@ def test_mask_rcnn_forward_backward_on_cpu():
     total.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.roi_head.parameters())
 
+
+
+def test_test_metrics_json_is_written_by_the_main_process_only(tmp_path, monkeypatch):
+    """mmengine's LoggerHook dumps the test metrics on every rank; only rank 0 may write."""
+    import json
+
+    import mmengine.dist.utils as dist_utils
+    from mmengine.hooks import logger_hook
+    out = tmp_path / 'metrics.json'
+    monkeypatch.setattr(dist_utils, 'is_main_process', lambda: False)
+    logger_hook.dump({'mIoU': 1.0}, str(out))
+    assert not out.exists()
+    monkeypatch.setattr(dist_utils, 'is_main_process', lambda: True)
+    logger_hook.dump({'mIoU': 2.0}, str(out))
+    assert json.loads(out.read_text()) == {'mIoU': 2.0}
