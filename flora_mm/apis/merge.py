@@ -1,14 +1,14 @@
 """Fold trained adapters into the base weights: a plain checkpoint for the un-adapted model."""
 import copy
 import os
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
 from flora_mm.adapters import adapt_model, atomic_write, count_adapter_params, merge_adapters
-from flora_mm.engine.checkpoint import complete_checkpoint
+from flora_mm.engine.checkpoint import complete_checkpoint, key_diff
 from .launch import load_config, register_task_modules
 
 HOOK_TYPES = ('FLoRAHook', 'flora_mm.FLoRAHook')
@@ -49,12 +49,6 @@ def build_model(cfg: Config, model_cfg: Optional[ConfigDict] = None) -> nn.Modul
     register_task_modules(cfg)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     return MODELS.build(copy.deepcopy(model_cfg if model_cfg is not None else cfg.model))
-
-
-def _key_diff(expected: List[str], got: List[str]) -> str:
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    return f'missing keys {missing[:20]}, unexpected keys {unexpected[:20]}'
 
 
 def merge_checkpoint(config: str, checkpoint: str, out: str,
@@ -106,7 +100,7 @@ def merge_checkpoint(config: str, checkpoint: str, out: str,
         expected = list(plain.state_dict())
         if sorted(expected) != sorted(state):
             raise ValueError('the merged state dict does not fit the plain model (adapter=None): '
-                             + _key_diff(expected, list(state)))
+                             + key_diff(expected, state))
         plain.load_state_dict(state, strict=True)
     meta = dict(ckpt.get('meta') or {})
     meta.pop('flora_mm', None)

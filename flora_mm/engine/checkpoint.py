@@ -77,6 +77,13 @@ def fill_frozen(checkpoint: dict, model: nn.Module) -> List[str]:
     return [k for k in dropped if k not in own]
 
 
+def key_diff(expected, got) -> str:
+    """``'missing keys [...], unexpected keys [...]'`` of two key collections (20 of each)."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    return f'missing keys {missing[:20]}, unexpected keys {unexpected[:20]}'
+
+
 def _has_pretrained_source(node) -> bool:
     """Whether a model config names weights to load: ``pretrained`` or a Pretrained init_cfg."""
     if isinstance(node, dict):
@@ -123,7 +130,7 @@ def complete_checkpoint(checkpoint: dict, model: nn.Module, model_cfg: dict,
         if hasattr(model, 'init_weights') and not getattr(model, 'is_init', True):
             model.init_weights()
         fill_frozen(checkpoint, model)
-    own, got = set(model.state_dict()), set(checkpoint['state_dict'])
-    if own != got:
-        raise ValueError(f'{name} does not match the model: missing keys '
-                         f'{sorted(own - got)[:20]}, unexpected keys {sorted(got - own)[:20]}')
+    own = model.state_dict()
+    if set(own) != set(checkpoint['state_dict']):
+        raise ValueError(f'{name} does not match the model: '
+                         + key_diff(own, checkpoint['state_dict']))

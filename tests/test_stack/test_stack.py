@@ -107,7 +107,6 @@ def test_mask_rcnn_forward_backward_on_cpu():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.roi_head.parameters())
 
 
-
 def test_test_metrics_json_is_written_by_the_main_process_only(tmp_path, monkeypatch):
     """mmengine's LoggerHook dumps the test metrics on every rank; only rank 0 may write."""
     import json
