@@ -114,7 +114,7 @@ def _safetensors():
     return safetensors.torch
 
 
-def save_adapters(model: nn.Module, path: str) -> None:
+def save_adapters(model: nn.Module, path: str, format: str = 'flora_mm') -> None:
     """Save the adapters of ``model`` to the directory ``path``.
 
     Writes ``adapter_model.safetensors`` (adapter tensors, fp32 as trained) and
@@ -125,10 +125,19 @@ def save_adapters(model: nn.Module, path: str) -> None:
     Args:
         model: A model with adapters.
         path: Target directory (created if needed).
+        format: 'flora_mm', or 'peft' for a directory that Hugging Face peft's
+            ``PeftModel.from_pretrained`` loads (LoRA and DoRA; see
+            :func:`flora_mm.adapters.peft_format.save_peft_adapters`).
 
     Raises:
-        ValueError: If the model has no adapters.
+        ValueError: If the model has no adapters, an unknown format, or (peft) adapters
+            peft cannot hold.
     """
+    if format == 'peft':
+        from .peft_format import save_peft_adapters
+        return save_peft_adapters(model, path)
+    if format != 'flora_mm':
+        raise ValueError(f"save_adapters: format={format!r} is not 'flora_mm' or 'peft'")
     layers = adapter_layers(model)
     if not layers:
         raise ValueError('save_adapters: the model has no adapters')
@@ -154,6 +163,8 @@ def load_adapters(model: nn.Module, path: str) -> dict[str, nn.Module]:
 
     Layers that are plain get their adapter re-created from the JSON config; layers that are
     already adapted must match it (type, ranks, weight shape). Then the weights are loaded.
+    A peft adapter directory (its config has ``peft_type``) is read by
+    :func:`flora_mm.adapters.peft_format.load_peft_adapters`.
 
     Args:
         model: The plain (or identically adapted) model.
@@ -168,6 +179,9 @@ def load_adapters(model: nn.Module, path: str) -> dict[str, nn.Module]:
     """
     with open(os.path.join(path, ADAPTER_CONFIG_NAME)) as f:
         config = json.load(f)
+    if 'peft_type' in config:
+        from .peft_format import load_peft_adapters
+        return load_peft_adapters(model, path, config)
     if config.get('format_version') != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported adapter format_version "
                          f"{config.get('format_version')!r} (expected {FORMAT_VERSION})")
