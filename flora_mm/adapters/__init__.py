@@ -1,5 +1,5 @@
-"""Pure-PyTorch adapters for frozen N-d weights: FLoRA (Tucker core space), LoRA, DoRA and any
-method registered with :func:`register_adapter`.
+"""Pure-PyTorch adapters for frozen N-d weights: FLoRA (Tucker core space), LoRA, DoRA, LoHa,
+LoKr and any method registered with :func:`register_adapter` (see ``methods/``).
 
 No OpenMMLab imports: works on any ``nn.Module`` (timm, torchvision, mmdet, ...).
 """
@@ -11,7 +11,9 @@ from .inject import adapter_layers, cast_frozen_weights, freeze_base, inject_ada
 from .io import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, adapter_state_dict, \
     atomic_write, load_adapter_state_dict, load_adapters, save_adapters
 from .layers import ALPHA, AdapterLayer, Option, boolean, finite_number, positive_int
-from .methods import DoRALayer, FLoRALayer, LoRALayer
+from .methods.dora import DoRALayer
+from .methods.flora import FLoRALayer
+from .methods.lora import LoRALayer
 from .registry import ADAPTER_METHODS, ADAPTERS_POLICY, POLICY_METHODS, SHARED_KEYS, \
     adapter_method, register_adapter
 from .tucker import mode_product, tucker_conv, tucker_to_tensor

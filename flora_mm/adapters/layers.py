@@ -101,6 +101,11 @@ def unfold(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
+def unfolded_size(weight_shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(out, in/groups * prod(kernel))``, the size of a weight's matrix unfolding."""
+    return weight_shape[0], math.prod(weight_shape[1:])
+
+
 def qualified_class_name(cls: type) -> str:
     return f'{cls.__module__}.{cls.__qualname__}'
 
@@ -177,7 +182,7 @@ class AdapterLayer(metaclass=abc.ABCMeta):
     @classmethod
     def saturation_rank(cls, weight_shape: tuple[int, ...], options: Mapping[str, Any]) -> int:
         """A rank from which on the parameters no longer change (bounds ``solve_rank``)."""
-        return max(weight_shape[0], math.prod(weight_shape[1:]))
+        return max(unfolded_size(weight_shape))
 
     def adapter_branch(self, x: torch.Tensor) -> torch.Tensor:
         """Optional: ``op(x, delta_weight())`` without bias and without building the delta.
