@@ -100,7 +100,7 @@ def parse_adapter_cfg(cfg: Mapping) -> AdapterSpec:
         others = methods_with_key(key)
         if others:
             raise ValueError(f"cfg[{key!r}] is only valid for {others}, not {method!r}; "
-                             f'{method} keys: {allowed}')
+                             f'allowed for {method}: {allowed}')
     if foreign:
         raise ValueError(f'unknown adapter cfg keys {foreign}; allowed for {method}: {allowed}')
     if 'rank' not in cfg:
