@@ -259,8 +259,9 @@ def inject_adapters(model: nn.Module, cfg: Mapping) -> dict[str, nn.Module]:
             first fullmatch wins), ``dropout`` (default 0; factorized forward only) and
             ``forward_mode`` ('auto' | 'factorized' | 'merged', default 'auto'), plus the
             method's own keys (``adapter_keys``: FLoRA ``kernel_rank`` default 1 and
-            ``scale`` default 1.0; LoRA / DoRA ``alpha``, scale = alpha / rank, default
-            alpha = rank).
+            ``scale`` default 1.0; LoRA / DoRA / LoHa / LoKr ``alpha``, scale = alpha / rank,
+            default alpha = rank; LoHa / LoKr ``use_effective_conv2d``; LoKr
+            ``decompose_both``, ``decompose_factor``).
 
     Returns:
         The adapted modules by qualified name. The base weights and biases of these layers
