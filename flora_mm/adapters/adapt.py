@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from .budget import count_adapter_params
 from .inject import POLICY_METHODS, adapter_layers, freeze_base, inject_adapters
+from .registry import ADAPTERS_POLICY
 
 
 @dataclass
@@ -96,7 +97,7 @@ def adapt_model(model: nn.Module, adapter: Mapping | None = None,
         method = cfg['type']
         freeze_base(model, method, keep)
     elif trainable:
-        freeze_base(model, 'FLoRA', keep)
+        freeze_base(model, ADAPTERS_POLICY, keep)
     refrozen = []
     if adapter is not None or trainable:
         intended = _trainable_ids(model)

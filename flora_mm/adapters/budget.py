@@ -1,37 +1,36 @@
-"""Parameter counts and rank solving for equal-budget comparisons of FLoRA / LoRA / DoRA."""
+"""Parameter counts and rank solving for equal-budget comparisons of adapter methods."""
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch.nn as nn
 
 from .inject import POLICY_METHODS, adapter_layers, parse_adapter_cfg, select_layers
-from .layers import flora_ranks, lora_rank
+from .registry import adapter_method
 
 
 def layer_param_count(weight_shape: tuple[int, ...], method: str, rank: int,
-                      kernel_rank: int = 1) -> int:
-    """Adapter parameters of one layer, computed analytically.
+                      *option_values: Any, **options: Any) -> int:
+    """Adapter parameters of one layer, from the method's declared parameter shapes.
 
-    FLoRA: ``sum(I_n * J_n) + prod(J_n)``; LoRA: ``r * (in/g * prod(k)) + out * r``;
+    E.g. FLoRA: ``sum(I_n * J_n) + prod(J_n)``; LoRA: ``r * (in/g * prod(k)) + out * r``;
     DoRA: LoRA plus the ``out`` magnitudes.
 
     Args:
         weight_shape: The base weight shape ``(out, in/groups, *kernel)`` or ``(out, in)``.
-        method: 'FLoRA', 'LoRA' or 'DoRA'.
-        rank: Channel rank before clipping.
-        kernel_rank: FLoRA spatial rank before clipping.
+        method: A registered method name.
+        rank: The rank (before any clipping by the method).
+        *option_values: The method's options in declaration order
+            (``layer_param_count(shape, 'FLoRA', 8, 2)``: FLoRA's ``kernel_rank`` 2).
+        **options: The method's options by name; the defaults fill in the rest.
 
     Returns:
         The number of adapter parameter elements.
     """
-    if method == 'FLoRA':
-        ranks = flora_ranks(weight_shape, rank, kernel_rank)
-        return sum(i * j for i, j in zip(weight_shape, ranks)) + math.prod(ranks)
-    r = lora_rank(weight_shape, rank)
-    count = r * (math.prod(weight_shape[1:]) + weight_shape[0])
-    return count + weight_shape[0] if method == 'DoRA' else count
+    cls = adapter_method(method)
+    options = {**dict(zip(cls.adapter_keys, option_values)), **options}
+    return cls.param_count(tuple(weight_shape), rank, cls.resolve_options(rank, options))
 
 
 def count_adapter_params(model: nn.Module) -> dict:
@@ -56,8 +55,9 @@ def solve_rank(model: nn.Module, cfg: Mapping, budget: int) -> int:
     """The global ``rank`` whose adapter parameter count is closest to ``budget``.
 
     Analytic (the model is not modified): uses the layers ``cfg`` would select; layers fixed
-    by ``rank_pattern`` keep their rank; FLoRA's ``kernel_rank`` is kept. Ties go to the
-    smaller rank. Ranks are searched up to the largest value that still changes some layer.
+    by ``rank_pattern`` keep their rank; the method's options (FLoRA's ``kernel_rank``, ...)
+    are kept. Ties go to the smaller rank. Ranks are searched up to the largest value that
+    still changes some layer and that every layer accepts.
 
     Args:
         model: The (plain) model the config will be applied to.
@@ -70,23 +70,28 @@ def solve_rank(model: nn.Module, cfg: Mapping, budget: int) -> int:
     Raises:
         ValueError: For an invalid config or a policy-only method (BitFit / Full / Frozen).
     """
-    spec = parse_adapter_cfg({**cfg, 'rank': cfg.get('rank', 1)})
+    spec = parse_adapter_cfg({**cfg, 'rank': 1})
     if spec.type in POLICY_METHODS:
         raise ValueError(f'solve_rank: {spec.type!r} has no rank')
+    cls = adapter_method(spec.type)
     plans = select_layers(model, spec)
-    fixed = sum(layer_param_count(tuple(p.module.weight.shape), spec.type, p.rank, p.kernel_rank)
+    fixed = sum(cls.param_count(tuple(p.module.weight.shape), p.rank, p.options)
                 for p in plans if p.rank_pinned)
-    free = [(tuple(p.module.weight.shape), p.kernel_rank) for p in plans if not p.rank_pinned]
-    max_rank = max([max(shape[0], math.prod(shape[1:])) for shape, _ in free] or [1])
+    free = [tuple(p.module.weight.shape) for p in plans if not p.rank_pinned]
+    options = cls.resolve_options(1, spec.options)
+    max_rank = max([cls.saturation_rank(shape, options) for shape in free] or [1])
+    limits = [cls.max_rank(shape, options) for shape in free]
+    max_rank = min([max_rank, *(limit for limit in limits if limit is not None)])
 
     def count(rank: int) -> int:
-        return fixed + sum(layer_param_count(shape, spec.type, rank, kr) for shape, kr in free)
+        opts = cls.resolve_options(rank, spec.options)
+        return fixed + sum(cls.param_count(shape, rank, opts) for shape in free)
 
     best_rank, best_gap = 1, abs(count(1) - budget)
     for rank in range(2, max_rank + 1):
         n = count(rank)
         if abs(n - budget) < best_gap:
             best_rank, best_gap = rank, abs(n - budget)
-        if n > budget:
-            break  # counts grow with the rank
+        if n > budget and cls.count_grows_with_rank:
+            break
     return best_rank

@@ -10,31 +10,31 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from .layers import ADAPTER_METHODS, FORWARD_MODES, AdapterLayer, unsupported_reason, \
-    unwrap_layer, wrap_layer
+from .cost import FORWARD_MODES
+from .layers import AdapterLayer
+from .registry import ADAPTER_METHODS, ADAPTERS_POLICY, POLICY_METHODS, SHARED_KEYS, \
+    adapter_method, canonical_type, methods_with_key
+from .wrapping import unsupported_reason, unwrap_layer, wrap_layer
 
-POLICY_METHODS = ('BitFit', 'Full', 'Frozen')
 FLOAT_DTYPES = ('bfloat16', 'float16', 'float32', 'float64')
-METHODS = ADAPTER_METHODS + POLICY_METHODS
-_KEYS = frozenset({'type', 'rank', 'kernel_rank', 'scale', 'alpha', 'targets', 'exclude',
-                   'rank_pattern', 'dropout', 'forward_mode'})
-_METHOD_ONLY_KEYS = {'kernel_rank': ('FLoRA',), 'scale': ('FLoRA',), 'alpha': ('LoRA', 'DoRA')}
 
 
 @dataclass
 class AdapterSpec:
-    """A validated ``inject_adapters`` config (see :func:`parse_adapter_cfg`)."""
+    """A validated ``inject_adapters`` config (see :func:`parse_adapter_cfg`).
+
+    ``options`` holds the method's own keys as given; their defaults and checks are applied
+    per layer (a default may depend on the layer's rank).
+    """
 
     type: str
     rank: Any = None
-    kernel_rank: Any = 1
-    scale: Any = None
-    alpha: Any = None
     targets: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
     rank_pattern: dict[str, Any] = field(default_factory=dict)
     dropout: float = 0.0
     forward_mode: str = 'auto'
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -44,16 +44,9 @@ class LayerPlan:
     name: str
     module: nn.Module
     rank: int
-    kernel_rank: int
     scale: float
+    options: dict[str, Any]
     rank_pinned: bool = False  # rank set by rank_pattern
-
-
-def _canonical_method(value: Any) -> str:
-    for method in METHODS:
-        if isinstance(value, str) and value.lower() == method.lower():
-            return method
-    raise ValueError(f"cfg['type']={value!r} is not one of {list(METHODS)}")
 
 
 def _regex_list(cfg: Mapping, key: str) -> list[str] | None:
@@ -73,7 +66,8 @@ def _regex_list(cfg: Mapping, key: str) -> list[str] | None:
 def parse_adapter_cfg(cfg: Mapping) -> AdapterSpec:
     """Validate the keys and global values of an adapter config.
 
-    Per-layer values (ranks, scale) are validated later with the module in the message.
+    Per-layer values (ranks, the method's options) are validated later with the module in the
+    message.
 
     Args:
         cfg: The ``inject_adapters`` config dict.
@@ -82,32 +76,37 @@ def parse_adapter_cfg(cfg: Mapping) -> AdapterSpec:
         The parsed spec.
 
     Raises:
-        ValueError: Unknown key, unknown type or forward mode, a key of another method,
-            a bad regex list, a bad dropout, or dropout with ``forward_mode='merged'``.
+        ValueError: Unknown type or forward mode, a key the method does not know (the message
+            lists the keys it does), a bad regex list, a bad dropout, or dropout / a
+            'factorized' forward mode that the method or 'merged' cannot run.
     """
     if not isinstance(cfg, Mapping):
         raise ValueError(f'adapter cfg must be a dict, got {type(cfg).__name__}')
-    unknown = sorted(set(cfg) - _KEYS)
-    if unknown:
-        raise ValueError(f'unknown adapter cfg keys {unknown}; allowed: {sorted(_KEYS)}')
     if 'type' not in cfg:
-        raise ValueError(f"adapter cfg needs a 'type' key, one of {list(METHODS)}")
-    method = _canonical_method(cfg['type'])
-    spec = AdapterSpec(type=method)
+        raise ValueError("adapter cfg needs a 'type' key, one of "
+                         f'{[*ADAPTER_METHODS, *POLICY_METHODS]}')
+    method = canonical_type(cfg['type'])
     if method in POLICY_METHODS:
-        return spec  # nothing to inject: other keys are accepted so configs only swap 'type'
-    for key, methods in _METHOD_ONLY_KEYS.items():
-        if key in cfg and method not in methods:
-            other = 'scale' if key == 'alpha' else 'alpha' if key == 'scale' else None
-            hint = f" (use {other!r})" if other else ''
-            raise ValueError(f"cfg[{key!r}] is only valid for {list(methods)}, not "
-                             f"{method!r}{hint}")
+        # nothing to inject: the keys of any method are accepted so configs only swap 'type'
+        known = set(SHARED_KEYS).union(*(adapter_method(m).adapter_keys for m in ADAPTER_METHODS))
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f'unknown adapter cfg keys {unknown}; allowed: {sorted(known)}')
+        return AdapterSpec(type=method)
+    cls = adapter_method(method)
+    allowed = [*SHARED_KEYS, *cls.adapter_keys]
+    foreign = sorted(set(cfg) - set(allowed))
+    for key in foreign:
+        others = methods_with_key(key)
+        if others:
+            raise ValueError(f"cfg[{key!r}] is only valid for {others}, not {method!r}; "
+                             f'allowed for {method}: {allowed}')
+    if foreign:
+        raise ValueError(f'unknown adapter cfg keys {foreign}; allowed for {method}: {allowed}')
     if 'rank' not in cfg:
         raise ValueError(f"adapter cfg for {method!r} needs a 'rank' key")
-    spec.rank = cfg['rank']
-    spec.kernel_rank = cfg.get('kernel_rank', 1)
-    spec.scale = cfg.get('scale', 1.0)
-    spec.alpha = cfg.get('alpha')
+    spec = AdapterSpec(type=method, rank=cfg['rank'],
+                       options={k: cfg[k] for k in cls.adapter_keys if k in cfg})
     spec.targets = _regex_list(cfg, 'targets')
     spec.exclude = _regex_list(cfg, 'exclude') or []
     pattern = cfg.get('rank_pattern') or {}
@@ -123,6 +122,10 @@ def parse_adapter_cfg(cfg: Mapping) -> AdapterSpec:
     if spec.forward_mode not in FORWARD_MODES:
         raise ValueError(f"cfg['forward_mode']={spec.forward_mode!r} is not one of "
                          f'{list(FORWARD_MODES)}')
+    if not cls.has_factorized() and (spec.forward_mode == 'factorized' or spec.dropout > 0):
+        key = 'dropout' if spec.dropout > 0 else 'forward_mode'
+        raise ValueError(f"cfg[{key!r}]={cfg[key]!r} needs a factorized forward, which "
+                         f'{method} does not have (it runs merged)')
     if spec.forward_mode == 'merged' and spec.dropout > 0:
         raise ValueError("cfg['dropout'] > 0 needs forward_mode 'auto' or 'factorized': dropout "
                          "cannot act on a merged weight")
@@ -227,16 +230,20 @@ def _check_int(key: str, value: Any, name: str, module: nn.Module) -> int:
 
 def _plan_layer(spec: AdapterSpec, name: str, module: nn.Module, rank_key: str,
                 rank: Any) -> LayerPlan:
+    cls = adapter_method(spec.type)
     rank = _check_int(rank_key, rank, name, module)
-    kernel_rank = _check_int("cfg['kernel_rank']", spec.kernel_rank, name, module)
-    if spec.type == 'FLoRA':
-        key, value = "cfg['scale']", spec.scale
-    else:
-        key, value = "cfg['alpha']", rank if spec.alpha is None else spec.alpha
-    if not _is_number(value):
-        raise ValueError(f'{key}={value!r} must be a finite number for {_describe(name, module)}')
-    scale = float(value) if spec.type == 'FLoRA' else float(value) / rank
-    return LayerPlan(name, module, rank, kernel_rank, scale)
+    options = cls.resolve_options(rank, spec.options)
+    for key, value in options.items():
+        option = cls.adapter_keys[key]
+        reason = option.check(value) if option.check else None
+        if reason:
+            raise ValueError(f'cfg[{key!r}]={value!r} {reason} for {_describe(name, module)}')
+        options[key] = option.convert(value) if option.convert else value
+    limit = cls.max_rank(tuple(module.weight.shape), options)
+    if limit is not None and rank > limit:
+        raise ValueError(f'{rank_key}={rank} is above {limit}, the largest rank of a '
+                         f'{spec.type} adapter on {_describe(name, module)}')
+    return LayerPlan(name, module, rank, cls.scaling(rank, options), options)
 
 
 def inject_adapters(model: nn.Module, cfg: Mapping) -> dict[str, nn.Module]:
@@ -245,13 +252,16 @@ def inject_adapters(model: nn.Module, cfg: Mapping) -> dict[str, nn.Module]:
     Args:
         model: Any ``nn.Module``; the adapted layers stay the same objects (their class is
             swapped to an adapted subclass of the original one) and keep their state-dict keys.
-        cfg: Dict with keys ``type`` ('FLoRA' | 'LoRA' | 'DoRA', or the freeze-policy-only
-            'BitFit' | 'Full' | 'Frozen', which inject nothing), ``rank``, ``kernel_rank``
-            (FLoRA, default 1), ``scale`` (FLoRA, default 1.0), ``alpha`` (LoRA/DoRA,
-            scale = alpha / rank, default alpha = rank), ``targets`` (regexes, fullmatch on
-            qualified module names; default every supported layer), ``exclude`` (regexes),
-            ``rank_pattern`` ({regex: rank}, first fullmatch wins), ``dropout`` (default 0) and
-            ``forward_mode`` ('auto' | 'factorized' | 'merged', default 'auto').
+        cfg: Dict with the shared keys ``type`` (a registered method, :data:`ADAPTER_METHODS`,
+            or the freeze-policy-only 'BitFit' | 'Full' | 'Frozen', which inject nothing),
+            ``rank``, ``targets`` (regexes, fullmatch on qualified module names; default
+            every supported layer), ``exclude`` (regexes), ``rank_pattern`` ({regex: rank},
+            first fullmatch wins), ``dropout`` (default 0; factorized forward only) and
+            ``forward_mode`` ('auto' | 'factorized' | 'merged', default 'auto'), plus the
+            method's own keys (``adapter_keys``: FLoRA ``kernel_rank`` default 1 and
+            ``scale`` default 1.0; LoRA / DoRA / LoHa / LoKr ``alpha``, scale = alpha / rank,
+            default alpha = rank; LoHa / LoKr ``use_effective_conv2d``; LoKr
+            ``decompose_both``, ``decompose_factor``).
 
     Returns:
         The adapted modules by qualified name. The base weights and biases of these layers
@@ -266,7 +276,7 @@ def inject_adapters(model: nn.Module, cfg: Mapping) -> dict[str, nn.Module]:
         return {}
     plans = select_layers(model, spec)
     for plan in plans:
-        wrap_layer(plan.module, spec.type, rank=plan.rank, kernel_rank=plan.kernel_rank,
+        wrap_layer(plan.module, spec.type, rank=plan.rank, options=plan.options,
                    scale=plan.scale, dropout=spec.dropout, forward_mode=spec.forward_mode)
     return {plan.name: plan.module for plan in plans}
 
@@ -281,25 +291,31 @@ def wrap_from_config(module: nn.Module, layer_cfg: Mapping) -> AdapterLayer:
     Returns:
         The adapted layer.
     """
-    method = _canonical_method(layer_cfg['type'])
+    cls = adapter_method(layer_cfg['type'])
     reason = unsupported_reason(module)
-    if reason or method not in ADAPTER_METHODS:
-        raise ValueError(f'cannot re-create a {method} adapter on {type(module).__name__}: '
-                         f'{reason}')
-    return wrap_layer(module, method, rank=int(layer_cfg['rank']),
-                      kernel_rank=int(layer_cfg.get('kernel_rank', 1)),
+    if reason:
+        raise ValueError(f'cannot re-create a {cls.adapter_type} adapter on '
+                         f'{type(module).__name__}: {reason}')
+    options = {k: layer_cfg[k] for k in cls.adapter_keys if k in layer_cfg}
+    return wrap_layer(module, cls.adapter_type, rank=int(layer_cfg['rank']), options=options,
                       scale=float(layer_cfg['scale']),
                       dropout=float(layer_cfg.get('dropout', 0.0)),
                       forward_mode=layer_cfg.get('forward_mode', 'auto'))
 
 
 def set_forward_mode(model: nn.Module, mode: str) -> None:
-    """Set ``forward_mode`` ('auto' | 'factorized' | 'merged') of every adapted layer."""
+    """Set ``forward_mode`` ('auto' | 'factorized' | 'merged') of every adapted layer (all or
+    none: a layer that cannot run ``mode`` is an error naming it)."""
     if mode not in FORWARD_MODES:
         raise ValueError(f'forward mode {mode!r} is not one of {list(FORWARD_MODES)}')
-    for name, layer in adapter_layers(model).items():
+    layers = adapter_layers(model)
+    for name, layer in layers.items():
         if mode == 'merged' and layer.adapter_dropout > 0:
             raise ValueError(f"forward mode 'merged' cannot apply the dropout of {name!r}")
+        if mode == 'factorized' and not layer.has_factorized():
+            raise ValueError(f"forward mode 'factorized': {layer.adapter_type} (layer {name!r}) "
+                             'has no factorized forward')
+    for layer in layers.values():
         layer.forward_mode = mode
 
 
@@ -374,16 +390,18 @@ def cast_frozen_weights(model: nn.Module, dtype: torch.dtype | str) -> int:
     return count
 
 
-def freeze_base(model: nn.Module, method: str = 'FLoRA', trainable: Sequence[str] = ()) -> int:
+def freeze_base(model: nn.Module, method: str = ADAPTERS_POLICY,
+                trainable: Sequence[str] = ()) -> int:
     """Apply a freeze policy and return the number of trainable parameters.
 
-    Policies: 'FLoRA' / 'LoRA' / 'DoRA' train only adapter parameters (the model must have
-    adapters); 'BitFit' only parameters named ``bias`` (last name component); 'Full'
+    Policies: 'adapters' trains only adapter parameters (the model must have adapters), and
+    so does the name of any adapter method ('FLoRA', 'LoRA', ..., the cfg['type'] of an
+    adapter config); 'BitFit' only parameters named ``bias`` (last name component); 'Full'
     everything; 'Frozen' nothing.
 
     Args:
         model: The model.
-        method: The policy (cfg['type'] of the adapter config).
+        method: The policy: 'adapters', a method name, 'BitFit', 'Full' or 'Frozen'.
         trainable: Regexes that additionally keep parameters trainable (e.g. a task head).
             Each is fullmatched against qualified PARAMETER names (``decode_head.conv.weight``)
             and qualified MODULE names (``decode_head``); a module match keeps all parameters
@@ -396,18 +414,22 @@ def freeze_base(model: nn.Module, method: str = 'FLoRA', trainable: Sequence[str
         ValueError: Unknown method, an adapter method on a model without adapters, or a
             ``trainable`` regex matching nothing.
     """
-    method = _canonical_method(method)
+    names = {n.lower(): n for n in (ADAPTERS_POLICY, *ADAPTER_METHODS, *POLICY_METHODS)}
+    if not isinstance(method, str) or method.lower() not in names:
+        raise ValueError(f'freeze_base: method={method!r} is not one of {list(names.values())}')
+    method = names[method.lower()]
     layers = adapter_layers(model)
-    if method in ADAPTER_METHODS and not layers:
-        raise ValueError(f'freeze_base(method={method!r}): the model has no adapters; call '
-                         'inject_adapters first')
-    keep = set()
-    if method in ADAPTER_METHODS:
+    if method == ADAPTERS_POLICY or method in ADAPTER_METHODS:
+        if not layers:
+            raise ValueError(f'freeze_base(method={method!r}): the model has no adapters; call '
+                             'inject_adapters first')
         keep = {id(p) for layer in layers.values() for _, p in layer.adapter_named_parameters()}
     elif method == 'BitFit':
         keep = {id(p) for n, p in model.named_parameters() if n.rsplit('.', 1)[-1] == 'bias'}
     elif method == 'Full':
         keep = {id(p) for p in model.parameters()}
+    else:  # 'Frozen'
+        keep = set()
     trainable = [trainable] if isinstance(trainable, str) else list(trainable)
     for pattern in trainable:
         hits = {id(p) for n, p in model.named_parameters() if re.fullmatch(pattern, n)}

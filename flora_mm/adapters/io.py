@@ -11,7 +11,9 @@ import torch.nn as nn
 
 from ..version import __version__
 from .inject import adapter_layers, wrap_from_config
-from .layers import AdapterLayer, unwrap_layer
+from .layers import AdapterLayer
+from .registry import adapter_method
+from .wrapping import unwrap_layer
 
 ADAPTER_WEIGHTS_NAME = 'adapter_model.safetensors'
 ADAPTER_CONFIG_NAME = 'adapter_config.json'
@@ -119,8 +121,8 @@ def save_adapters(model: nn.Module, path: str, format: str = 'flora_mm') -> None
 
     Writes ``adapter_model.safetensors`` (adapter tensors, fp32 as trained) and
     ``adapter_config.json`` (flora_mm version, format version and each layer's
-    ``adapter_config``: type, rank, kernel_rank, scale, dropout, forward_mode, weight shape,
-    base class), each atomically.
+    ``adapter_config``: type, rank, scale, dropout, forward_mode, weight shape, base class
+    and the method's own options), each atomically.
 
     Args:
         model: A model with adapters.
@@ -158,12 +160,26 @@ def save_adapters(model: nn.Module, path: str, format: str = 'flora_mm') -> None
     atomic_write(os.path.join(path, ADAPTER_CONFIG_NAME), write_json)
 
 
+def _param_shapes(layer: AdapterLayer) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(p.shape) for name, p in layer.adapter_named_parameters()}
+
+
+def _saved_param_shapes(layer_cfg: Mapping) -> dict[str, tuple[int, ...]]:
+    """The adapter parameter shapes a saved layer config re-creates."""
+    cls = adapter_method(layer_cfg['type'])
+    rank = int(layer_cfg['rank'])
+    options = cls.resolve_options(rank, {k: layer_cfg[k] for k in cls.adapter_keys
+                                         if k in layer_cfg})
+    return {name: tuple(shape) for name, shape in
+            cls.adapter_shapes(tuple(layer_cfg['weight_shape']), rank, options).items()}
+
+
 def load_adapters(model: nn.Module, path: str) -> dict[str, nn.Module]:
     """Re-apply adapters saved by :func:`save_adapters` (strict).
 
     Layers that are plain get their adapter re-created from the JSON config; layers that are
-    already adapted must match it (type, ranks, weight shape). Then the weights are loaded.
-    A peft adapter directory (its config has ``peft_type``) is read by
+    already adapted must match it (type, parameter shapes, weight shape). Then the weights
+    are loaded. A peft adapter directory (its config has ``peft_type``) is read by
     :func:`flora_mm.adapters.peft_format.load_peft_adapters`.
 
     Args:
@@ -192,17 +208,20 @@ def load_adapters(model: nn.Module, path: str) -> dict[str, nn.Module]:
         except AttributeError:
             raise ValueError(f'{path}: the model has no module {name!r} to re-apply its '
                              f"{layer_cfg['type']} adapter to") from None
+        try:
+            adapter_method(layer_cfg['type'])
+        except ValueError as err:
+            raise ValueError(f'{path}: module {name!r}: {err}') from None
         shape = list(getattr(module, 'weight', torch.empty(0)).shape)
         if shape != layer_cfg['weight_shape']:
             raise ValueError(f"{path}: module {name!r} has weight shape {shape}, the adapter "
                              f"was trained on {layer_cfg['weight_shape']}")
         if isinstance(module, AdapterLayer):
-            current = module.adapter_config
-            keys = ('type', 'ranks')
-            if any(current[k] != layer_cfg[k] for k in keys):
+            current = (module.adapter_type, _param_shapes(module))
+            saved = (layer_cfg['type'], _saved_param_shapes(layer_cfg))
+            if current != saved:
                 raise ValueError(f'{path}: module {name!r} already has a different adapter: '
-                                 f'{ {k: current[k] for k in keys} } vs saved '
-                                 f'{ {k: layer_cfg[k] for k in keys} }')
+                                 f'{current} vs saved {saved}')
         else:
             to_wrap.append((module, layer_cfg))
     wrapped = []

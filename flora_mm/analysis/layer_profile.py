@@ -27,8 +27,8 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from flora_mm.adapters import AdapterLayer, adapter_layers
-from flora_mm.adapters.layers import FORWARD_MODES, unwrap_layer, wrap_layer
+from flora_mm.adapters import FORWARD_MODES, AdapterLayer, adapter_layers
+from flora_mm.adapters.wrapping import unwrap_layer, wrap_layer
 
 from .measure import median_ms, rotated
 
@@ -110,13 +110,14 @@ def plain_copy(layer: AdapterLayer) -> nn.Module:
 
 def variant(base: nn.Module, method: dict | None, mode: str = 'auto') -> nn.Module:
     """A copy of the frozen ``base`` with ``method`` (``wrap_layer`` arguments: ``method``,
-    ``rank``, ``kernel_rank``, ``scale``) in forward ``mode``, or the bare base for None."""
+    ``rank``, ``scale`` and the method's options, e.g. ``kernel_rank``) in forward ``mode``, or
+    the bare base for None."""
     layer = copy.deepcopy(base)
     if method is None:
         return layer
-    layer = wrap_layer(layer, method['method'], rank=method['rank'],
-                       kernel_rank=method.get('kernel_rank', 1), scale=method.get('scale', 1.0),
-                       forward_mode=mode)
+    options = {k: v for k, v in method.items() if k not in ('method', 'rank', 'scale')}
+    layer = wrap_layer(layer, method['method'], rank=method['rank'], options=options,
+                       scale=method.get('scale'), forward_mode=mode)
     with torch.no_grad():  # FLoRA's core and LoRA's B start at zero: time real values
         for _, param in layer.adapter_named_parameters():
             param.normal_(0, 0.02)
@@ -165,8 +166,8 @@ def profile_groups(groups: list[dict], methods: dict, repeats: int = 5,
 
     Args:
         groups: From :func:`group_layers`.
-        methods: Label -> ``wrap_layer`` arguments (``method``, ``rank``, ``kernel_rank``,
-            ``scale``).
+        methods: Label -> ``wrap_layer`` arguments (``method``, ``rank``, ``scale`` and the
+            method's options, see :func:`method_of`).
         repeats: Timed rounds (variants interleaved, see :func:`interleaved`).
         warmup: Untimed rounds first.
 
@@ -266,8 +267,8 @@ def backbone_steps(backbones: dict, inputs: torch.Tensor, repeats: int = 3,
 def method_of(model: nn.Module) -> dict:
     """The ``wrap_layer`` arguments of a model's adapters (read from its first adapted layer)."""
     layer = next(iter(adapter_layers(model).values()))
-    return dict(method=layer.adapter_type, rank=layer.adapter_rank,
-                kernel_rank=getattr(layer, 'adapter_kernel_rank', 1), scale=layer.adapter_scale)
+    return dict(layer.adapter_options, method=layer.adapter_type, rank=layer.adapter_rank,
+                scale=layer.adapter_scale)
 
 
 def profile_configs(configs: dict, input_size, batch_size: int = 1, repeats: int = 5,

@@ -20,8 +20,8 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from flora_mm.adapters import adapter_layers
-from flora_mm.adapters.layers import AdapterLayer, FLoRALayer, LoRALayer
+from flora_mm.adapters import AdapterLayer, adapter_layers
+from flora_mm.adapters.layers import unfold
 
 # Oversampling and power iterations of the randomized range finder: for an exactly rank-r
 # update (FLoRA, LoRA) the range is recovered exactly; DoRA's update is full rank, and two
@@ -30,11 +30,6 @@ OVERSAMPLE = 8
 POWER_ITERS = 2
 # Stage names from qualified layer names: ConvNeXt / Swin (``stages.2``), ResNet (``layer3``).
 DEFAULT_STAGE_PATTERNS = (r'(?:.*\.)?stages\.(\d+)(?:\..*)?', r'(?:.*\.)?layer(\d+)(?:\..*)?')
-
-
-def unfold(weight: torch.Tensor) -> torch.Tensor:
-    """The ``(out, rest)`` matrix unfolding of a linear or conv weight."""
-    return weight.reshape(weight.shape[0], -1)
 
 
 def top_singular_vectors(mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,16 +84,12 @@ def amplification_factor(delta: torch.Tensor, base: torch.Tensor, rank: int) -> 
 def update_rank(layer: AdapterLayer) -> int:
     """Rank of the update's unfolding as built by the adapter (its nominal rank).
 
-    FLoRA: ``min(J_1, prod(J_2..J_N))`` (mode-1 unfolding of the Tucker tensor); LoRA / DoRA:
-    the rank of ``B A`` (DoRA's magnitude rescaling makes the full update dense, its low-rank
-    direction change still has this rank).
+    Each method says (``AdapterLayer.update_rank``): FLoRA ``min(J_1, prod(J_2..J_N))`` (mode-1
+    unfolding of the Tucker tensor); LoRA / DoRA the rank of ``B A`` (DoRA's magnitude
+    rescaling makes the full update dense, its low-rank direction change still has this
+    rank); a method that does not say gets the numerical rank of ``delta_weight()``.
     """
-    if isinstance(layer, FLoRALayer):
-        ranks = layer.flora_core.shape
-        return min(ranks[0], math.prod(ranks[1:]))
-    if isinstance(layer, LoRALayer):
-        return layer.adapter_config['ranks'][0]
-    raise TypeError(f'update_rank: unsupported adapter layer {type(layer).__name__}')
+    return layer.update_rank()
 
 
 def stage_of(name: str, patterns: Sequence[str] = DEFAULT_STAGE_PATTERNS) -> str:

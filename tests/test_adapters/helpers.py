@@ -74,3 +74,17 @@ def assert_close(actual, expected, rtol=1e-4):
     """allclose with an absolute tolerance relative to the reference magnitude."""
     atol = rtol * max(expected.abs().max().item(), 1e-6)
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def einsum_channel_tucker(core, w_a, w_b):
+    """LyCORIS' "effective conv" factor: ``core (r1, r2, *k)`` contracted with ``w_a (r1, out)``
+    and ``w_b (r2, in)`` on its two channel modes, the kernel kept: ``(out, in, *k)``."""
+    k = 'klm'[:core.dim() - 2]
+    return torch.einsum(f'ij{k},io,jc->oc{k}', core, w_a, w_b)
+
+
+def check_param_count(layer, method, rank, **options):
+    """The analytic count of a method equals the numel of the parameters it created."""
+    from flora_mm.adapters import layer_param_count
+    created = sum(p.numel() for _, p in layer.adapter_named_parameters())
+    assert layer_param_count(tuple(layer.weight.shape), method, rank, **options) == created

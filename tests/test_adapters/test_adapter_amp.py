@@ -205,3 +205,28 @@ def test_cast_frozen_weights_errors():
     merge_adapters(model)
     with pytest.raises(ValueError, match='unmerge the layer first'):
         cast_frozen_weights(model, 'bfloat16')
+
+
+@pytest.mark.parametrize('method', ['LoHa', 'LoKr'])
+def test_merged_only_methods_with_bfloat16_frozen_weights(method):
+    torch.manual_seed(0)
+    model = _model()
+    inject_adapters(model, {'type': method, 'rank': 4, 'use_effective_conv2d': True})
+    for layer in adapter_layers(model).values():
+        randomize_adapters(layer, std=0.1)
+    x = torch.randn(4, 3, 8, 8)
+    reference = model(x).detach()
+    cast_frozen_weights(model, 'bfloat16')
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    out.float().square().mean().backward()
+    assert (out.float() - reference).abs().max() < 0.05 * reference.abs().max()
+    for layer in adapter_layers(model).values():
+        assert layer.weight.grad is None
+        for name, param in layer.adapter_named_parameters():
+            assert param.grad is not None and param.grad.dtype == torch.float32, name
+    merge_adapters(model)
+    assert {layer.weight.dtype for layer in adapter_layers(model).values()} == {torch.float32}
+    unmerge_adapters(model)
+    assert {layer.weight.dtype for layer in adapter_layers(model).values()} == {torch.bfloat16}

@@ -63,7 +63,7 @@ def test_mmrotate_train_and_test(rotated_run, tiny_all):
 def test_mmrotate_confusion_matrix_fails_as_documented(rotated_run, tmp_path):
     """mmrotate 1.0.0rc1's confusion_matrix.py still expects mmrotate 0.x results (N x 6 numpy
     boxes with scores, 5-value ground truth) and fails on the results its own test.py dumps:
-    README says so. If this starts to pass, update the README."""
+    docs/usage.md says so. If this starts to pass, update docs/usage.md."""
     with pytest.raises(AssertionError, match="TypeError: 'int' object is not callable"):
         run_tool([stock_tool('mmrotate', 'analysis_tools/confusion_matrix.py'),
                   DEMO_CONFIGS['rot'], rotated_run['results'], tmp_path / 'cm'])
@@ -112,7 +112,7 @@ def test_mmseg_browse_dataset(tiny_all, tmp_path):
 
 
 def test_mmrotate_benchmark(rotated_run, tmp_path):
-    """--task dataset (and dataloader) run on CPU; --task inference calls .cuda() (README)."""
+    """--task dataset / dataloader run on CPU; --task inference calls .cuda() (docs/usage.md)."""
     proc = run_tool([stock_tool('mmrotate', 'analysis_tools/benchmark.py'), DEMO_CONFIGS['rot'],
                      '--task', 'dataset', '--max-iter', '2', '--num-warmup', '0',
                      '--log-interval', '1', '--work-dir', tmp_path])

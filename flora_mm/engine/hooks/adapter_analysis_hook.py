@@ -28,7 +28,7 @@ class AdapterAnalysisHook(Hook):
     values at its own interval) and, averaged over layers, to the text log. Iteration 0 is
     logged before training starts: FLoRA and LoRA updates are exactly zero there.
 
-    Works with FLoRA, LoRA and DoRA layers anywhere in the model (backbone adapters or
+    Works with the layers of every adapter method anywhere in the model (backbone adapters or
     ``FLoRAHook`` ones); the cost is one small SVD per adapted layer per call.
 
     Args:

@@ -68,7 +68,8 @@ class FLoRAConvNeXtV2(BaseModule):
             adapted layers (99.9% of the backbone) in that dtype, halving their memory, for
             mixed-precision training (``--amp``); adapter parameters stay fp32, and the
             backbone also runs without autocast (ops in the input's dtype). Needs an adapter
-            method (FLoRA / LoRA / DoRA). None keeps everything in fp32.
+            method (one of ``flora_mm.adapters.ADAPTER_METHODS``). None keeps everything in
+            fp32.
         init_cfg: mmengine init config. ``type='Pretrained'`` is rejected: use ``pretrained``,
             which is loaded at construction and also works at test time.
     """
