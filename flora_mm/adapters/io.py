@@ -128,7 +128,7 @@ def save_adapters(model: nn.Module, path: str, format: str = 'flora_mm') -> None
         model: A model with adapters.
         path: Target directory (created if needed).
         format: 'flora_mm', or 'peft' for a directory that Hugging Face peft's
-            ``PeftModel.from_pretrained`` loads (LoRA and DoRA; see
+            ``PeftModel.from_pretrained`` loads (LoRA, DoRA, LoHa, LoKr; see
             :func:`flora_mm.adapters.peft_format.save_peft_adapters`).
 
     Raises:

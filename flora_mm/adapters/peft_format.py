@@ -27,7 +27,9 @@ import torch.nn as nn
 
 from .inject import _describe, adapter_layers
 from .io import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, _safetensors, atomic_write
-from .layers import AdapterLayer, unsupported_reason, unwrap_layer, wrap_layer
+from .layers import AdapterLayer, finite_number, positive_int, unfolded_size
+from .registry import adapter_method
+from .wrapping import unsupported_reason, unwrap_layer, wrap_layer
 
 # peft's PeftModel holds the base model as ``base_model.model``.
 PEFT_KEY_PREFIX = 'base_model.model.'
@@ -47,6 +49,10 @@ def _kernel_dims(layer: nn.Module) -> tuple[int, ...]:
     return (1,) * (layer.weight.dim() - 2)
 
 
+def _same(tensor: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    return tensor
+
+
 @dataclass(frozen=True)
 class PeftParam:
     """One adapter tensor: its flora_mm name, its peft key and the reshapes between them.
@@ -55,13 +61,13 @@ class PeftParam:
         flora: Parameter name on the flora_mm layer (``lora_A``).
         peft: Key suffix after the module name in peft's state dict (``lora_A.weight``).
         to_peft: ``(tensor, layer) -> tensor`` in peft's shape.
-        from_peft: ``tensor -> tensor`` in flora_mm's shape (checked against the layer).
+        from_peft: ``(tensor, plain layer) -> tensor`` in flora_mm's shape.
     """
 
     flora: str
     peft: str
-    to_peft: Callable[[torch.Tensor, nn.Module], torch.Tensor]
-    from_peft: Callable[[torch.Tensor], torch.Tensor]
+    to_peft: Callable[[torch.Tensor, nn.Module], torch.Tensor] = _same
+    from_peft: Callable[[torch.Tensor, nn.Module], torch.Tensor] = _same
 
 
 @dataclass(frozen=True)
@@ -71,24 +77,31 @@ class PeftMethod:
     Attributes:
         flora_type: flora_mm's ``cfg['type']``.
         peft_type: peft's ``peft_type``.
-        params: The adapter tensors.
-        flags: peft config fields that select this method (``{'use_dora': True}``); read as
-            False when absent.
-        alpha_key: peft's name of the alpha field (and ``alpha_pattern`` values).
-        rank_param: The peft key suffix whose first dimension is the layer's rank.
-        max_rank: ``weight shape -> the largest rank flora_mm creates`` on it.
-        refusal: ``layer -> why peft would run this adapter differently``, or None.
+        params: The adapter tensors (those a layer has: some are optional).
+        flags: peft config fields that select this method (``{'use_dora': True}``), written
+            as they are and read as False when absent.
+        fixed: Other config fields written as they are.
+        alpha_key: peft's name of the alpha field.
+        options: The method's options that peft has under the same name, one value for all
+            layers.
+        dropout_key: peft's field for flora_mm's ``dropout``, if it has one.
+        clips_rank: flora_mm clips the rank to the weight's unfolding and peft does not, so
+            the rank written is the clipped one and a larger one read is an error.
+        refusal: ``(plain layer, {flora param: shape}) -> why peft would run this adapter
+            differently``, or None.
     """
 
     flora_type: str
     peft_type: str
     params: tuple[PeftParam, ...]
     flags: Mapping[str, Any] = field(default_factory=dict)
-    alpha_key: str = 'lora_alpha'
-    rank_param: str = 'lora_A.weight'
-    max_rank: Callable[[tuple[int, ...]], int] = lambda shape: min(shape[0],
-                                                                   math.prod(shape[1:]))
-    refusal: Callable[[nn.Module], str | None] = lambda layer: None
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    alpha_key: str = 'alpha'
+    options: tuple[str, ...] = ()
+    dropout_key: str | None = None
+    clips_rank: bool = False
+    refusal: Callable[[nn.Module, Mapping[str, tuple[int, ...]]], str | None] = \
+        lambda layer, shapes: None
 
     def scaling(self, alpha: float, rank: int, config: Mapping[str, Any]) -> float:
         """peft's ``scaling`` of a layer (as peft computes it, so that it matches bit for bit)."""
@@ -97,7 +110,7 @@ class PeftMethod:
         return alpha / rank
 
 
-def _lora_conv_refusal(layer: nn.Module) -> str | None:
+def _lora_refusal(layer: nn.Module, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
     """peft's LoRA conv branch is ``lora_B(lora_A(x))`` with ``lora_A`` a dense conv of the
     layer's kernel, stride and padding only, and ``lora_B`` a 1x1 conv with the layer's groups."""
     if not isinstance(layer, nn.modules.conv._ConvNd):
@@ -112,24 +125,63 @@ def _lora_conv_refusal(layer: nn.Module) -> str | None:
     return None
 
 
+def _lycoris_refusal(layer: nn.Module, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    """peft's LoHa / LoKr add ``F.convNd(x, delta)`` with the layer's stride, padding,
+    dilation and groups, on Linear, Conv1d and Conv2d."""
+    if isinstance(layer, nn.Conv3d):
+        return 'peft has LoHa / LoKr for Linear, Conv1d and Conv2d only'
+    if isinstance(layer, nn.modules.conv._ConvNd) and layer.padding_mode != 'zeros':
+        return (f'padding_mode={layer.padding_mode!r}: peft applies the update with F.conv, '
+                'which pads with zeros')
+    return None
+
+
+def _lokr_refusal(layer: nn.Module, shapes: Mapping[str, tuple[int, ...]]) -> str | None:
+    # peft 0.21.2 on a Conv1d: only the flat low-rank W2 (lokr_w2_a @ lokr_w2_b) runs right
+    if isinstance(layer, nn.Conv1d) and 'lokr_w2' in shapes:
+        return ('a full lokr_w2 on a Conv1d: peft builds kron(W1, W2) without broadcasting W1 '
+                'over the kernel, another update (a rank below half of W2\'s sides avoids it)')
+    if isinstance(layer, nn.Conv1d) and 'lokr_t2' in shapes:
+        return ('lokr_t2 (use_effective_conv2d) on a Conv1d: peft\'s kron of it fails '
+                '(a view error)')
+    return _lycoris_refusal(layer, shapes)
+
+
+def _conv_core(name: str) -> PeftParam:
+    # peft's Conv1d Tucker cores carry a trailing size-1 dimension: (r, r, k, 1)
+    return PeftParam(name, name, lambda t, layer: t.reshape(*t.shape, 1) if t.dim() == 3 else t,
+                     lambda t, layer: t.reshape(*t.shape[:2], *layer.weight.shape[2:]))
+
+
 _LORA_A = PeftParam('lora_A', 'lora_A.weight',
                     lambda t, layer: t.reshape(t.shape[0], *layer.weight.shape[1:]),
-                    lambda t: t.flatten(1))
+                    lambda t, layer: t.flatten(1))
 _LORA_B = PeftParam('lora_B', 'lora_B.weight',
                     lambda t, layer: t.reshape(*t.shape, *_kernel_dims(layer)),
-                    lambda t: t.flatten(1))
+                    lambda t, layer: t.flatten(1))
 # peft keeps a conv's DoRA magnitude as (1, out, 1, ...) and saves it without '.weight'.
 _DORA_MAGNITUDE = PeftParam(
     'dora_magnitude', 'lora_magnitude_vector',
     lambda t, layer: t.reshape(1, -1, *_kernel_dims(layer)) if layer.weight.dim() > 2 else t,
-    lambda t: t.flatten())
+    lambda t, layer: t.flatten())
+_LORA = dict(alpha_key='lora_alpha', dropout_key='lora_dropout', clips_rank=True,
+             fixed={'bias': 'none', 'use_rslora': False, 'fan_in_fan_out': False},
+             refusal=_lora_refusal)
 
 PEFT_METHODS = (
-    PeftMethod('LoRA', 'LORA', (_LORA_A, _LORA_B), flags={'use_dora': False},
-               refusal=_lora_conv_refusal),
+    PeftMethod('LoRA', 'LORA', (_LORA_A, _LORA_B), flags={'use_dora': False}, **_LORA),
     PeftMethod('DoRA', 'LORA', (replace(_LORA_A, flora='dora_A'),
                                 replace(_LORA_B, flora='dora_B'), _DORA_MAGNITUDE),
-               flags={'use_dora': True}, refusal=_lora_conv_refusal),
+               flags={'use_dora': True}, **_LORA),
+    PeftMethod('LoHa', 'LOHA', (*(PeftParam(f'hada_w{i}_{ab}', f'hada_w{i}_{ab}')
+                                  for i in (1, 2) for ab in 'ab'),
+                                _conv_core('hada_t1'), _conv_core('hada_t2')),
+               options=('use_effective_conv2d',), refusal=_lycoris_refusal),
+    PeftMethod('LoKr', 'LOKR', (*(PeftParam(n, n) for n in ('lokr_w1', 'lokr_w1_a', 'lokr_w1_b',
+                                                            'lokr_w2', 'lokr_w2_a', 'lokr_w2_b')),
+                                _conv_core('lokr_t2')),
+               options=('decompose_both', 'decompose_factor', 'use_effective_conv2d'),
+               refusal=_lokr_refusal),
 )
 
 
@@ -163,6 +215,13 @@ def _alpha_for(method: PeftMethod, scale: float, rank: int) -> int | float:
     return _number(alpha)
 
 
+def _rank_limit(method: PeftMethod, weight_shape: tuple[int, ...],
+                options: Mapping[str, Any]) -> int | None:
+    if method.clips_rank:
+        return min(unfolded_size(weight_shape))
+    return adapter_method(method.flora_type).max_rank(weight_shape, options)
+
+
 def _peft_pattern_match(pattern: str, name: str) -> bool:
     # peft.utils.other.get_pattern_key's rule for rank_pattern / alpha_pattern keys
     return re.match(rf'(.*\.)?({pattern})$', name) is not None
@@ -170,7 +229,8 @@ def _peft_pattern_match(pattern: str, name: str) -> bool:
 
 def _pattern_key(name: str, names: list[str]) -> str:
     """A rank_pattern / alpha_pattern key that selects ``name`` alone among ``names``."""
-    if all(_peft_pattern_match(name, n) == (n == name) for n in names):
+    plain = re.escape(name) == name.replace('.', r'\.')  # nothing special but the dots
+    if plain and all(_peft_pattern_match(name, n) == (n == name) for n in names):
         return name
     return '^' + re.escape(name)
 
@@ -196,13 +256,14 @@ def save_peft_adapters(model: nn.Module, path: str) -> None:
     written atomically (weights first).
 
     Args:
-        model: A model whose adapters are all of one method peft has (LoRA, DoRA).
+        model: A model whose adapters are all of one method peft has (LoRA, DoRA, LoHa, LoKr).
         path: Target directory (created if needed).
 
     Raises:
         ValueError: No adapters, a method peft does not have (FLoRA), adapters of several
             methods, a layer peft would run differently (named, with its shape and why), the
-            root module adapted, or dropouts that differ between layers (peft has one).
+            root module adapted, or values peft has one of for all layers (dropout, the
+            method's options) that differ where they matter.
     """
     layers = adapter_layers(model)
     if not layers:
@@ -216,19 +277,43 @@ def save_peft_adapters(model: nn.Module, path: str) -> None:
         raise ValueError(f"save_adapters(format='peft'): {why}; the model has {by_type} "
                          f'(peft methods: {[m.flora_type for m in PEFT_METHODS]})')
     method = peft_method(types.pop())
-    refused = [f'  {_describe(n, layer)}: {method.refusal(layer)}'
-               for n, layer in layers.items() if method.refusal(layer)]
-    if '' in layers:
-        refused.append(f"  {_describe('', layers[''])}: peft adapts submodules, not the root")
+    cls = adapter_method(method.flora_type)
+    ranks = {name: min(layer.adapter_rank, *unfolded_size(layer.weight.shape))
+             if method.clips_rank else layer.adapter_rank for name, layer in layers.items()}
+    shapes = {name: {n: tuple(p.shape) for n, p in layer.adapter_named_parameters()}
+              for name, layer in layers.items()}
+
+    def fits(name: str, options: Mapping[str, Any]) -> bool:
+        layer = layers[name]
+        return shapes[name] == cls.adapter_shapes(tuple(layer.weight.shape), ranks[name],
+                                                  {**layer.adapter_options, **options})
+
+    # peft has one value of each option: the one most layers are built with (an option that
+    # changes nothing on a layer, such as use_effective_conv2d on a Linear, does not count)
+    candidates = [{k: layer.adapter_options[k] for k in method.options}
+                  for layer in layers.values()]
+    options = max(candidates, key=lambda c: sum(fits(name, c) for name in layers))
+    refused = []
+    for name, layer in layers.items():
+        reason = method.refusal(layer, shapes[name])
+        if reason is None and not fits(name, options):
+            own = {k: layer.adapter_options[k] for k in options}
+            reason = (f'peft has one {options} for all layers, with which this layer\'s '
+                      f'{own} adapter would have other parameters')
+        if name == '':
+            reason = 'peft adapts submodules, not the root'
+        if reason:
+            refused.append(f'  {_describe(name, layer)}: {reason}')
     if refused:
         raise ValueError(f"save_adapters(format='peft'): peft cannot hold {method.flora_type} "
                          'on these layers as flora_mm runs them:\n' + '\n'.join(refused))
     dropouts = {n: layer.adapter_dropout for n, layer in layers.items()}
-    if len(set(dropouts.values())) > 1:
-        raise ValueError("save_adapters(format='peft'): peft has one dropout for all layers, "
-                         f'the model has {dropouts}')
+    if len(set(dropouts.values())) > 1 or (method.dropout_key is None and any(dropouts.values())):
+        raise ValueError(f"save_adapters(format='peft'): peft's {method.peft_type} has "
+                         f"{f'one {method.dropout_key}' if method.dropout_key else 'no dropout'} "
+                         f'for all layers, the model has dropouts {dropouts}')
 
-    tensors, ranks, alphas = {}, {}, {}
+    tensors, alphas = {}, {}
     for name, layer in layers.items():
         params = dict(layer.adapter_named_parameters())
         for param in method.params:
@@ -236,7 +321,6 @@ def save_peft_adapters(model: nn.Module, path: str) -> None:
                 value = param.to_peft(params[param.flora].detach(), layer)
                 tensors[f'{PEFT_KEY_PREFIX}{name}.{param.peft}'] = value.to(
                     'cpu', copy=True).contiguous()
-        ranks[name] = tensors[f'{PEFT_KEY_PREFIX}{name}.{method.rank_param}'].shape[0]
         alphas[name] = _alpha_for(method, layer.adapter_scale, ranks[name])
     names = list(layers)
     rank, alpha = _most_common(list(ranks.values())), _most_common(list(alphas.values()))
@@ -246,8 +330,9 @@ def save_peft_adapters(model: nn.Module, path: str) -> None:
         'target_modules': _target_modules(model, names),
         'rank_pattern': {_pattern_key(n, names): r for n, r in ranks.items() if r != rank},
         'alpha_pattern': {_pattern_key(n, names): a for n, a in alphas.items() if a != alpha},
-        'lora_dropout': next(iter(dropouts.values())), 'bias': 'none', 'use_rslora': False,
-        'fan_in_fan_out': False, 'modules_to_save': None, **method.flags}
+        'modules_to_save': None, **method.flags, **method.fixed, **options}
+    if method.dropout_key:
+        config[method.dropout_key] = next(iter(dropouts.values()))
 
     def write_json(tmp: str) -> None:
         with open(tmp, 'w') as f:
@@ -283,14 +368,51 @@ def _pattern_value(patterns: Mapping[str, Any], name: str, default: Any) -> Any:
     return next((v for k, v in patterns.items() if _peft_pattern_match(k, name)), default)
 
 
+def _layer_plan(method: PeftMethod, config: Mapping[str, Any], name: str, module: nn.Module,
+                peft_tensors: Mapping[str, torch.Tensor]) -> tuple[dict, str | None]:
+    """``(wrap arguments and flora_mm tensors, None)`` for one module, or ``({}, why not)``."""
+    reason = unsupported_reason(module)
+    if reason:
+        return {}, reason
+    cls = adapter_method(method.flora_type)
+    rank = _pattern_value(config.get('rank_pattern') or {}, name, config.get('r'))
+    alpha = _pattern_value(config.get('alpha_pattern') or {}, name, config.get(method.alpha_key))
+    for key, value, check in (('r', rank, positive_int), (method.alpha_key, alpha, finite_number)):
+        if check(value):
+            return {}, f'{key}={value!r} {check(value)}'
+    options = {key: config[key] for key in method.options if key in config}
+    for key, value in options.items():
+        option = cls.adapter_keys[key]
+        why = option.check(value) if option.check else None
+        if why:
+            return {}, f'{key}={value!r} {why}'
+    options = cls.resolve_options(rank, {**options, 'alpha': float(alpha)})
+    shape = tuple(module.weight.shape)
+    limit = _rank_limit(method, shape, options)
+    if limit is not None and rank > limit:
+        return {}, f'rank {rank} is above the {limit} its weight allows'
+    tensors = {p.flora: p.from_peft(peft_tensors[p.peft], module)
+               for p in method.params if p.peft in peft_tensors}
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    expected = {k: tuple(v) for k, v in cls.adapter_shapes(shape, rank, options).items()}
+    reason = method.refusal(module, shapes)
+    if reason is None and shapes != expected:
+        reason = (f'its tensors {shapes} are not the {expected} of a rank-{rank} '
+                  f'{method.flora_type} layer with {options}')
+    if reason:
+        return {}, reason
+    return dict(rank=rank, options=options, scale=method.scaling(alpha, rank, config),
+                tensors=tensors), None
+
+
 def load_peft_adapters(model: nn.Module, path: str,
                        config: Mapping[str, Any]) -> dict[str, AdapterLayer]:
     """Adapt ``model`` with the peft adapter directory ``path`` (see :func:`load_adapters`).
 
-    The modules to adapt are those of the weight keys; each layer's rank is its tensors',
-    its alpha from ``alpha_pattern`` or the global alpha, with peft's scaling (``use_rslora``
-    included). Every check runs before the first layer is wrapped, and a failure while
-    loading unwraps the layers again.
+    The modules to adapt are those of the weight keys; each layer's rank and alpha come from
+    ``rank_pattern`` / ``alpha_pattern`` or the global values, its scale is peft's
+    (``use_rslora`` included), its options the config's. Every check runs before the first
+    layer is wrapped, and a failure while loading unwraps the layers again.
 
     Args:
         model: The plain base model.
@@ -323,47 +445,25 @@ def load_peft_adapters(model: nn.Module, path: str,
     if lacking:
         raise ValueError(f'{path}: the model has no modules {lacking} for their '
                          f'{method.flora_type} adapters')
-    plans, problems = [], []
+    plans, problems = {}, []
     for name, peft_tensors in grouped.items():
-        module = modules[name]
-        reason = unsupported_reason(module)
-        if reason is None:
-            reason = method.refusal(module)
-        if reason is None and method.rank_param not in peft_tensors:
-            reason = f'the checkpoint has no {method.rank_param}'
-        if reason is not None:
-            problems.append(f'  {_describe(name, module)}: {reason}')
-            continue
-        rank = peft_tensors[method.rank_param].shape[0]
-        limit = method.max_rank(tuple(module.weight.shape))
-        if rank > limit:
-            problems.append(f'  {_describe(name, module)}: rank {rank} is above the {limit} '
-                            f'its weight allows')
-            continue
-        alpha = _pattern_value(config.get('alpha_pattern') or {}, name, config[method.alpha_key])
-        flora_tensors = {p.flora: p.from_peft(peft_tensors[p.peft])
-                         for p in method.params if p.peft in peft_tensors}
-        plans.append((name, module, rank, method.scaling(alpha, rank, config), flora_tensors))
+        plans[name], reason = _layer_plan(method, config, name, modules[name], peft_tensors)
+        if reason:
+            problems.append(f'  {_describe(name, modules[name])}: {reason}')
     if problems:
         raise ValueError(f'{path}: cannot load these {method.flora_type} adapters:\n'
                          + '\n'.join(problems))
 
+    dropout = float(config.get(method.dropout_key) or 0.0) if method.dropout_key else 0.0
     wrapped = {}
     try:
-        for name, module, rank, scale, flora_tensors in plans:
-            layer = wrap_layer(module, method.flora_type, rank=rank, scale=scale,
-                               dropout=float(config.get('lora_dropout') or 0.0))
+        for name, plan in plans.items():
+            layer = wrap_layer(modules[name], method.flora_type, rank=plan['rank'],
+                               options=plan['options'], scale=plan['scale'], dropout=dropout)
             wrapped[name] = layer
             params = dict(layer.adapter_named_parameters())
-            shapes = {k: (tuple(v.shape), tuple(params[k].shape) if k in params else None)
-                      for k, v in flora_tensors.items()}
-            if set(params) != set(flora_tensors) or any(a != b for a, b in shapes.values()):
-                raise ValueError(f'{path}: {_describe(name, module)}: the checkpoint\'s tensors '
-                                 f'{ {k: a for k, (a, _) in shapes.items()} } do not fit the '
-                                 f'{method.flora_type} layer\'s '
-                                 f'{ {k: tuple(p.shape) for k, p in params.items()} }')
             with torch.no_grad():
-                for key, value in flora_tensors.items():
+                for key, value in plan['tensors'].items():
                     params[key].copy_(value)
     except BaseException:
         for layer in wrapped.values():  # leave the model as it was

@@ -273,7 +273,7 @@ def test_load_rejects_missing_modules_and_layers_it_cannot_hold(tmp_path):
     _assert_untouched(model, base)
 
 
-def test_load_rejects_foreign_tensors_and_unwraps_on_shape_errors(tmp_path):
+def test_load_rejects_foreign_tensors_and_shapes(tmp_path):
     base = _base()
     save_adapters(_flora_lora(base, 'LoRA'), str(tmp_path), format='peft')
     weights = str(tmp_path / ADAPTER_WEIGHTS_NAME)
@@ -285,9 +285,140 @@ def test_load_rejects_foreign_tensors_and_unwraps_on_shape_errors(tmp_path):
         load_adapters(model, str(tmp_path))
     _assert_untouched(model, base)
 
-    # head.out's B has one rank too many: found when its layer exists, after the others
+    # head.out's B has one rank too many
     key = 'base_model.model.head.out.lora_B.weight'
     safetensors_torch.save_file({**tensors, key: torch.zeros(4, 5, dtype=torch.float64)}, weights)
     with pytest.raises(ValueError, match=r"'head\.out'.*'lora_B': \(4, 5\)"):
         load_adapters(model, str(tmp_path))
     _assert_untouched(model, base)
+
+
+def test_load_failure_while_wrapping_leaves_the_model_as_it_was(tmp_path, monkeypatch):
+    from flora_mm.adapters import peft_format
+    base = _base()
+    save_adapters(_flora_lora(base, 'DoRA'), str(tmp_path), format='peft')
+    model = copy.deepcopy(base)
+    wrap = peft_format.wrap_layer
+
+    def wrap_then_fail(module, *args, **kwargs):
+        if module is model.head.out:  # the last one, after the others are wrapped
+            raise KeyboardInterrupt
+        return wrap(module, *args, **kwargs)
+
+    monkeypatch.setattr(peft_format, 'wrap_layer', wrap_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        load_adapters(model, str(tmp_path))
+    _assert_untouched(model, base)
+
+
+# LoHa and LoKr: every layer of Net, the depthwise conv included (peft runs their update as
+# F.conv with the layer's groups); Conv1d LoKr flat at rank 1 (peft runs a full lokr_w2 and
+# lokr_t2 wrong there: refused, below)
+LYCORIS_CASES = [
+    ('LoHa', {'use_effective_conv2d': True}, 2, 2),
+    ('LoHa', {'use_effective_conv2d': True}, 1, 2),
+    ('LoHa', {}, 2, 2),
+    ('LoKr', {'use_effective_conv2d': True, 'decompose_both': True}, 2, 2),
+    ('LoKr', {'decompose_factor': 2}, 2, 3),
+    ('LoKr', {}, 1, 1),
+]
+
+
+def _peft_config(method, rank, options, **kwargs):
+    cls = {'LoHa': peft.LoHaConfig, 'LoKr': peft.LoKrConfig}[method]
+    return cls(r=rank, alpha=1.5, target_modules=[n for n, m in Net().named_modules()
+                                                   if isinstance(m, (nn.Linear, nn.Conv1d,
+                                                                     nn.Conv2d))],
+               **options, **kwargs)
+
+
+@pytest.mark.parametrize('method, options, dims, rank', LYCORIS_CASES)
+def test_lycoris_flora_to_peft(tmp_path, method, options, dims, rank):
+    base = _base(dims)
+    x = _input(dims)
+    model = copy.deepcopy(base)
+    inject_adapters(model, {'type': method, 'rank': rank, 'alpha': 1.5, **options,
+                            'rank_pattern': {r'head\.out': 1}})
+    torch.manual_seed(1)
+    for layer in adapter_layers(model).values():
+        randomize_adapters(layer, std=0.3)
+    save_adapters(model, str(tmp_path), format='peft')
+    config = json.loads((tmp_path / ADAPTER_CONFIG_NAME).read_text())
+    assert config['peft_type'] == method.upper() and config['r'] == rank
+    assert config['rank_pattern'] == ({} if rank == 1 else {'head.out': 1})
+    assert config['alpha'] == 1.5 and config['alpha_pattern'] == {}
+    assert all(config[k] == v for k, v in options.items())
+
+    peft_model = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path)).eval()
+    assert set(_peft_layers(peft_model)) == set(adapter_layers(model))
+    with torch.no_grad():
+        _assert_same_adapted_outputs(peft_model(x), model(x), base(x))
+
+
+@pytest.mark.parametrize('method, options, dims, rank', LYCORIS_CASES)
+def test_lycoris_peft_to_flora(tmp_path, method, options, dims, rank):
+    base = _base(dims)
+    x = _input(dims)
+    config = _peft_config(method, rank, options, rank_pattern={'out': 1},
+                          alpha_pattern={'stem': 4.0}, init_weights=False)  # all random
+    torch.manual_seed(2)
+    peft_model = peft.get_peft_model(copy.deepcopy(base), config).eval()
+    peft_model.save_pretrained(str(tmp_path / 'peft'))
+
+    model = copy.deepcopy(base)
+    loaded = load_adapters(model, str(tmp_path / 'peft'))
+    assert set(loaded) == set(_peft_layers(peft_model))
+    assert loaded['stem'].adapter_scale == 4.0 / rank and loaded['head.out'].adapter_rank == 1
+    with torch.no_grad():
+        _assert_same_adapted_outputs(model(x), peft_model(x), base(x))
+
+    save_adapters(model, str(tmp_path / 'again'), format='peft')
+    ours = safetensors_torch.load_file(str(tmp_path / 'again' / ADAPTER_WEIGHTS_NAME))
+    theirs = safetensors_torch.load_file(str(tmp_path / 'peft' / ADAPTER_WEIGHTS_NAME))
+    assert sorted(ours) == sorted(theirs)
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_lokr_conv1d_with_a_full_w2_or_a_core_is_refused_both_ways(tmp_path):
+    base = _base(dims=1)
+    model = copy.deepcopy(base)
+    inject_adapters(model, {'type': 'LoKr', 'rank': 4, 'targets': ['stem', 'proj']})
+    inject_adapters(model, {'type': 'LoKr', 'rank': 1, 'targets': [r'blocks\.2'],
+                            'use_effective_conv2d': True})
+    assert model.stem.lokr_w2.shape == (4, 3, 3) and model.blocks[2].lokr_t2.shape == (1, 1, 3)
+    with pytest.raises(ValueError, match=r"'stem' \(LoKrConv1d, weight shape \(8, 3, 3\)\): a "
+                                         r'full lokr_w2 on a Conv1d') as info:
+        save_adapters(model, str(tmp_path / 'out'), format='peft')
+    assert "'blocks.2' (LoKrConv1d, weight shape (6, 8, 3)): lokr_t2" in str(info.value)
+    assert "'proj'" not in str(info.value) and not (tmp_path / 'out').exists()
+
+    path = _peft_dir(tmp_path, base, peft.LoKrConfig(r=4, target_modules=['stem', 'proj']))
+    plain = copy.deepcopy(base)
+    with pytest.raises(ValueError, match=r"'stem' \(Conv1d, weight shape \(8, 3, 3\)\): a full"):
+        load_adapters(plain, path)
+    _assert_untouched(plain, base)
+
+
+def test_lycoris_refusals(tmp_path):
+    model = _base(dims=3)
+    inject_adapters(model, {'type': 'LoHa', 'rank': 2, 'targets': ['stem', 'proj']})
+    with pytest.raises(ValueError, match=r"'stem' \(LoHaConv3d, .*Linear, Conv1d and Conv2d only"):
+        save_adapters(model, str(tmp_path), format='peft')
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, padding_mode='circular'))
+    inject_adapters(model, {'type': 'LoKr', 'rank': 2})
+    with pytest.raises(ValueError, match=r"'0' \(LoKrConv2d, .*padding_mode='circular'"):
+        save_adapters(model, str(tmp_path), format='peft')
+
+    # peft has one use_effective_conv2d, the one most layers fit (2 convs with a kernel and 3
+    # Linears, where it changes nothing): the conv that differs is refused
+    model = _base()
+    inject_adapters(model, {'type': 'LoHa', 'rank': 2, 'use_effective_conv2d': True,
+                            'targets': ['stem', r'blocks\.2']})
+    inject_adapters(model, {'type': 'LoHa', 'rank': 2, 'targets': ['dw', 'proj', r'head\..*']})
+    with pytest.raises(ValueError, match=r"'dw' \(LoHaConv2d, .*one \{'use_effective_conv2d': "
+                                         r"True\}") as info:
+        save_adapters(model, str(tmp_path), format='peft')
+    assert "'proj'" not in str(info.value) and "'stem'" not in str(info.value)
+    assert os.listdir(tmp_path) == []
