@@ -140,6 +140,14 @@ log "installing the OpenMMLab stack"
 pip_install install -q "$MMCV_WHEEL" -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt" \
   -r "$ROOT/requirements/tools.txt"
 pip_install install -q --no-build-isolation --no-deps -e "$ROOT"
+# peft and what it needs beyond the stack, off the default sys.path (requirements/peft.txt says
+# why); tests/test_adapters/test_adapter_peft.py puts it on sys.path. Renamed into place, so an
+# interrupted install leaves no half-filled directory.
+PEFT_SITE=$VENV/peft-site
+rm -rf "$PEFT_SITE.tmp"
+pip_install install -q --no-deps --target "$PEFT_SITE.tmp" -r "$ROOT/requirements/peft.txt"
+rm -rf "$PEFT_SITE"
+mv "$PEFT_SITE.tmp" "$PEFT_SITE"
 if [ "$VARIANT" != cpu ]; then
   # cuobjdump, with which tests/test_stack/test_cuda_build.py finds the kernels in the wheel
   pip_install install -q -r "$ROOT/requirements/cuda.txt"

@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import os
+import sys
 from collections import OrderedDict
 
 import pytest
@@ -22,8 +23,14 @@ from flora_mm.adapters import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, adapter
 from .helpers import randomize_adapters
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # everything here is local; never ask the hub
-peft = pytest.importorskip('peft')
-safetensors_torch = pytest.importorskip('safetensors.torch')
+# tools/setup_env.sh installs peft off the default sys.path (requirements/peft.txt says why).
+PEFT_SITE = os.path.join(sys.prefix, 'peft-site')
+if not os.path.isdir(PEFT_SITE):
+    raise ImportError(f'no {PEFT_SITE}: run `bash tools/setup_env.sh`, which installs the peft '
+                      'these tests compare with')
+sys.path.append(PEFT_SITE)
+import peft  # noqa: E402
+import safetensors.torch as safetensors_torch  # noqa: E402
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 
