@@ -12,12 +12,15 @@ that requires grad (as inside the network), for
   (``auto``, ``factorized``, ``merged``), with the mode ``auto`` picks.
 
 Times are medians over ``repeats`` interleaved rounds; group totals multiply by the number of
-layers in the group. :func:`format_profile` prints the groups and the totals, and the
+layers in the group. Everything runs on one ``device`` (the CPU or a GPU, synchronised around
+each timing), optionally under autocast (``amp``: ``'float16'`` / ``'bfloat16'``, how
+``--amp`` trains). :func:`format_profile` prints the groups and the totals, and the
 difference between ``auto`` and the best forced mode per group (what a better choice would
 save).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import time
@@ -43,9 +46,9 @@ def memory_format(x: torch.Tensor) -> str:
     return 'contiguous'
 
 
-def random_input(shape, fmt: str) -> torch.Tensor:
+def random_input(shape, fmt: str, device='cpu') -> torch.Tensor:
     """A random input of ``shape`` in memory format ``fmt`` (see :func:`memory_format`)."""
-    x = torch.randn(shape)
+    x = torch.randn(shape, device=device)
     if fmt == 'channels_last':
         x = x.contiguous(memory_format=torch.channels_last)
     return x
@@ -129,13 +132,29 @@ def auto_choice(layer: AdapterLayer, x: torch.Tensor) -> str:
     return 'factorized' if layer._use_factorized(x) else 'merged'
 
 
-def time_layer(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
+def autocast(device: torch.device, amp: str | None):
+    """Autocast to ``amp`` (a dtype name) on ``device``'s type, or nothing for None."""
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, amp))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_layer(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor,
+               amp: str | None = None) -> float:
     """Seconds of one forward + backward of ``layer`` on ``x`` (which requires grad; its
-    gradient is reset first)."""
+    gradient is reset first), under autocast to ``amp`` if given."""
     x.grad = None
+    _sync(x.device)
     start = time.perf_counter()
-    out = layer(x)
+    with autocast(x.device, amp):
+        out = layer(x)
     out.backward(grad)
+    _sync(x.device)
     return time.perf_counter() - start
 
 
@@ -160,8 +179,8 @@ def interleaved(runs: dict, repeats: int, warmup: int = 1) -> dict:
     return samples
 
 
-def profile_groups(groups: list[dict], methods: dict, repeats: int = 5,
-                   warmup: int = 1) -> list[dict]:
+def profile_groups(groups: list[dict], methods: dict, repeats: int = 5, warmup: int = 1,
+                   device='cpu', amp: str | None = None) -> list[dict]:
     """Time every group for ``limit`` and each method in each forward mode.
 
     Args:
@@ -170,25 +189,29 @@ def profile_groups(groups: list[dict], methods: dict, repeats: int = 5,
             method's options, see :func:`method_of`).
         repeats: Timed rounds (variants interleaved, see :func:`interleaved`).
         warmup: Untimed rounds first.
+        device: Where the layers run.
+        amp: Autocast dtype name (``'float16'``, ``'bfloat16'``) or None.
 
     Returns:
         One row per group: ``names``, ``count``, ``weight_shape``, ``input_shape``, ``ms``
         (variant -> median ms per layer) and ``auto`` (method label -> chosen mode).
     """
+    device = torch.device(device)
     rows = []
     for group in groups:
-        base = plain_copy(group['layer'])
-        x = random_input(group['input_shape'], group['memory_format']).requires_grad_(True)
-        with torch.no_grad():
-            grad = torch.randn_like(base(x))  # in the output's memory format
+        base = plain_copy(group['layer']).to(device)
+        x = random_input(group['input_shape'], group['memory_format'],
+                         device).requires_grad_(True)
+        with torch.no_grad(), autocast(device, amp):
+            grad = torch.randn_like(base(x))  # in the output's memory format and dtype
         variants = {'limit': variant(base, None)}
         auto = {}
         for label, method in methods.items():
             for mode in FORWARD_MODES:
                 variants[f'{label}/{mode}'] = variant(base, method, mode)
-            with torch.enable_grad():
+            with torch.enable_grad(), autocast(device, amp):
                 auto[label] = auto_choice(variants[f'{label}/auto'], x)
-        samples = interleaved({key: partial(time_layer, layer, x, grad)
+        samples = interleaved({key: partial(time_layer, layer, x, grad, amp)
                                for key, layer in variants.items()}, repeats, warmup)
         rows.append(dict(names=group['names'], count=len(group['names']),
                          weight_shape=list(base.weight.shape), input_shape=list(x.shape),
@@ -239,23 +262,29 @@ def format_profile(rows: list[dict], labels: list[str]) -> str:
 
 
 def backbone_steps(backbones: dict, inputs: torch.Tensor, repeats: int = 3,
-                   input_grad: tuple = ('limit',)) -> dict:
+                   input_grad: tuple = ('limit',), amp: str | None = None) -> dict:
     """Forward + backward of whole backbones in one process, interleaved: the in-network
     counterpart of the per-layer times, free of the process-to-process drift of separate runs.
 
     Args:
         backbones: Label -> backbone in train mode (same base weights for a fair comparison).
-        inputs: The batch; the loss is the mean square of every output.
+        inputs: The batch (on the backbones' device); the loss is the mean square of every
+            output.
         repeats: Timed rounds after one untimed round (see :func:`interleaved`).
         input_grad: Labels whose input requires grad (the frozen base as the limit).
+        amp: Autocast dtype name or None.
 
     Returns:
         Label -> step times in seconds.
     """
     def step(model: nn.Module, requires_grad: bool) -> float:
         x = inputs.detach().requires_grad_(requires_grad)
+        _sync(x.device)
         start = time.perf_counter()
-        sum(out.float().pow(2).mean() for out in model(x)).backward()
+        with autocast(x.device, amp):
+            outs = model(x)
+        sum(out.float().pow(2).mean() for out in outs).backward()
+        _sync(x.device)
         seconds = time.perf_counter() - start
         model.zero_grad(set_to_none=True)
         return seconds
@@ -272,7 +301,8 @@ def method_of(model: nn.Module) -> dict:
 
 
 def profile_configs(configs: dict, input_size, batch_size: int = 1, repeats: int = 5,
-                    cfg_options: dict | None = None) -> dict:
+                    cfg_options: dict | None = None, device='cpu',
+                    amp: str | None = None) -> dict:
     """Profile the backbone layers of configs that differ in the adapter method only; the whole
     backbones are also timed, with the limit (the first config's backbone frozen, input
     requiring grad, every stage in train mode).
@@ -284,6 +314,8 @@ def profile_configs(configs: dict, input_size, batch_size: int = 1, repeats: int
         batch_size: Images per batch.
         repeats: Timed rounds per group.
         cfg_options: Overrides for every config.
+        device: Where everything runs (e.g. ``'cuda'``).
+        amp: Autocast dtype name (``'float16'``, ``'bfloat16'``) or None.
 
     Returns:
         ``{'methods': label -> method, 'rows': profile_groups rows, 'totals': totals,
@@ -298,14 +330,15 @@ def profile_configs(configs: dict, input_size, batch_size: int = 1, repeats: int
         if label == 'limit':
             cfg.model.backbone.adapter = dict(type='Frozen')
         torch.manual_seed(0)  # the same base weights for every method
-        backbones[label] = nn.Module.train(build_model(cfg, cfg.model.backbone), True)
+        backbones[label] = nn.Module.train(build_model(cfg, cfg.model.backbone).to(device),
+                                           True)
         if label != 'limit':
             methods[label] = method_of(backbones[label])
-    inputs = torch.randn(batch_size, 3, *input_size)
+    inputs = torch.randn(batch_size, 3, *input_size, device=device)
     first = backbones[next(iter(configs))]
     rows = profile_groups(group_layers(first, layer_inputs(first, inputs)), methods,
-                          repeats=repeats)
-    steps = backbone_steps(backbones, inputs, repeats)
+                          repeats=repeats, device=device, amp=amp)
+    steps = backbone_steps(backbones, inputs, repeats, amp=amp)
     return dict(methods=methods, rows=rows, totals=totals(rows), backbone_steps=steps)
 
 

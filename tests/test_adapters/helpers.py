@@ -88,3 +88,62 @@ def check_param_count(layer, method, rank, **options):
     from flora_mm.adapters import layer_param_count
     created = sum(p.numel() for _, p in layer.adapter_named_parameters())
     assert layer_param_count(tuple(layer.weight.shape), method, rank, **options) == created
+
+
+def _update(layer, params, shape):
+    """The scaled low-rank update ``s * G x1 A1 ... xN AN`` (FLoRA) or ``s * B @ A`` (LoRA,
+    DoRA's direction update) in the weight's ``shape``."""
+    s = layer.adapter_scale
+    if layer.adapter_type == 'FLoRA':
+        factors = [params[f'flora_factors.{i}'] for i in range(len(shape))]
+        return s * einsum_tucker(params['flora_core'], factors)
+    prefix = layer.adapter_prefix
+    return s * (params[f'{prefix}B'] @ params[f'{prefix}A']).reshape(shape)
+
+
+def reference_weight(layer, w0, params=None):
+    """Effective weight of an adapted layer from its adapter parameters (einsum / matmul, not
+    the library's code) on the base weight ``w0``, in ``w0``'s dtype.
+
+    Args:
+        layer: The adapted layer (its type, scale and parameter names are read).
+        w0: The base weight.
+        params: Name -> tensor overriding the layer's adapter parameters (e.g. float64 leaves
+            that require grad, for reference gradients).
+    """
+    params = {n: p.detach().to(w0.dtype) for n, p in layer.adapter_named_parameters()} | (
+        params or {})
+    v = w0 + _update(layer, params, w0.shape)
+    if layer.adapter_type != 'DoRA':
+        return v
+    # DoRA treats the column norm as a constant in backward (DoRA paper, section 4.3)
+    norm = torch.linalg.vector_norm(v.flatten(1), dim=1).detach()
+    return v * (params['dora_magnitude'] / norm).reshape(-1, *[1] * (v.dim() - 1))
+
+
+def strengthen_adapters(layer, ratio=2.0):
+    """Random adapter values whose low-rank update is ``ratio`` times as large as the base
+    weight (largest entries): then the adapter moves the layer's output by a large fraction of
+    its size, and a comparison at any tolerance these tests use sees a missing or wrong branch
+    (``std=0.1`` moved a FLoRA depthwise conv by 3e-6 of its output)."""
+    randomize_adapters(layer)
+    params = {n: p.detach().double() for n, p in layer.adapter_named_parameters()}
+    update = _update(layer, params, layer.weight.shape)
+    factor = ratio * layer.weight.detach().double().abs().max() / update.abs().max()
+    # the update is linear in FLoRA's core and in LoRA / DoRA's B
+    name = 'flora_core' if layer.adapter_type == 'FLoRA' else f'{layer.adapter_prefix}B'
+    with torch.no_grad():
+        dict(layer.adapter_named_parameters())[name].mul_(factor.item())
+
+
+def assert_adapted_close(actual, expected, base, rtol):
+    """The adapter tests' comparison, CPU and GPU suites alike: first, the reference output of
+    the adapted layer (or model) differs from ``base``, the output without the adapter, by
+    more than 10x the tolerance, so that the second check, ``actual`` equals ``expected``
+    within ``rtol`` of its largest value, fails for a branch that is missing or wrong."""
+    scale = expected.abs().max().item()
+    effect = (expected - base).abs().max().item()
+    assert effect > 10 * rtol * scale, (
+        f'the adapter moves the output by {effect / scale:.2e} of its largest value, under '
+        f'10x the tolerance {rtol}: the comparison could not see the adapter')
+    assert_close(actual, expected, rtol)

@@ -1,4 +1,8 @@
-"""Mixed precision on CPU: autocast bfloat16 and frozen base weights stored in bfloat16."""
+"""Mixed precision on CPU: autocast bfloat16 and frozen base weights stored in bfloat16.
+
+Outputs are compared with float64 references (helpers.reference_weight) through
+helpers.assert_adapted_close, with adapters strong enough (helpers.strengthen_adapters) that the
+comparison would see a missing or wrong adapter at the tolerance of the reduced precision."""
 import pytest
 import torch
 import torch.nn as nn
@@ -7,7 +11,8 @@ from flora_mm.adapters import adapter_layers, adapter_state_dict, cast_frozen_we
     inject_adapters, load_adapters, merge_adapters, save_adapters, set_forward_mode, \
     unmerge_adapters
 
-from .helpers import einsum_tucker, randomize_adapters
+from .helpers import assert_adapted_close, randomize_adapters, reference_weight, \
+    strengthen_adapters
 
 
 def _model():
@@ -17,22 +22,30 @@ def _model():
                          nn.Linear(16 * 64, 10))
 
 
+# bfloat16 keeps 8 significant bits: a few rounding errors per layer over the model's 4 layers
+BF16_TOL = 0.05
+
+
+def _strengthen(model):
+    for layer in adapter_layers(model).values():
+        strengthen_adapters(layer)
+
+
 @pytest.mark.parametrize('method', ['FLoRA', 'LoRA', 'DoRA'])
 @pytest.mark.parametrize('mode', ['factorized', 'merged', 'auto'])
 def test_autocast_bfloat16(method, mode):
     torch.manual_seed(0)
     model = _model()
     inject_adapters(model, {'type': method, 'rank': 4, 'forward_mode': mode})
-    for layer in adapter_layers(model).values():
-        randomize_adapters(layer, std=0.1)
+    _strengthen(model)
     x = torch.randn(4, 3, 8, 8)
-    reference = model(x).detach()
+    expected = _reference_model(model)(x.double())
+    base = _reference_model(model, adapted=False)(x.double())
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = model(x)
     assert out.dtype == torch.bfloat16
+    assert_adapted_close(out.double(), expected, base, rtol=BF16_TOL)
     out.float().square().mean().backward()
-    scale = reference.abs().max()
-    assert (out.float() - reference).abs().max() < 0.05 * scale
     for layer in adapter_layers(model).values():
         for name, param in layer.adapter_named_parameters():
             assert param.dtype == torch.float32, name
@@ -44,41 +57,34 @@ def test_half_precision_base_weights_keep_fp32_adapters():
     inject_adapters(model, {'type': 'FLoRA', 'rank': 4})
     for layer in adapter_layers(model).values():
         assert layer.flora_core.dtype == torch.float32
-        randomize_adapters(layer, std=0.1)
+    _strengthen(model)
     x = torch.randn(2, 3, 8, 8, dtype=torch.bfloat16)
+    expected = _reference_model(model)(x.double())
+    base = _reference_model(model, adapted=False)(x.double())
     for mode in ('factorized', 'merged'):
         set_forward_mode(model, mode)
+        model.zero_grad()
         out = model(x)
         assert out.dtype == torch.bfloat16
+        assert_adapted_close(out.double(), expected, base, rtol=BF16_TOL)
         out.float().sum().backward()
+        for layer in adapter_layers(model).values():
+            assert layer.flora_core.grad.dtype == torch.float32
+            assert layer.flora_core.grad.abs().sum() > 0
 
 
 # ------------------------------------------------------------------ float64 references
-def _reference_weight(layer, w0):
-    """Effective weight in float64 from the adapter's parameters (einsum / matmul, not the
-    library's code) on the base weight ``w0``."""
-    params = {n: p.detach().double() for n, p in layer.adapter_named_parameters()}
-    s = layer.adapter_scale
-    if layer.adapter_type == 'FLoRA':
-        factors = [params[f'flora_factors.{i}'] for i in range(w0.dim())]
-        return w0 + s * einsum_tucker(params['flora_core'], factors)
-    prefix = layer.adapter_prefix
-    v = w0 + s * (params[f'{prefix}B'] @ params[f'{prefix}A']).reshape(w0.shape)
-    if layer.adapter_type == 'LoRA':
-        return v
-    norm = torch.linalg.vector_norm(v.flatten(1), dim=1)
-    return v * (params['dora_magnitude'] / norm).reshape(-1, *[1] * (v.dim() - 1))
-
-
-def _reference_model(model):
+def _reference_model(model, adapted=True):
     """A float64 plain copy of ``model`` whose adapted layers carry the reference weight built
-    on the layer's CURRENT (possibly bfloat16-rounded) base weight."""
+    on the layer's CURRENT (possibly bfloat16-rounded) base weight (that base weight alone for
+    ``adapted=False``)."""
     layers = adapter_layers(model)
     ref = _model().double()
     plain = dict(ref.named_modules())
     for name, module in model.named_modules():
         if name in layers:
-            plain[name].weight.data = _reference_weight(module, module.weight.detach().double())
+            w0 = module.weight.detach().double()
+            plain[name].weight.data = reference_weight(module, w0) if adapted else w0
             plain[name].bias.data = module.bias.detach().double()
         elif isinstance(module, (nn.Conv2d, nn.Linear)):
             plain[name].load_state_dict({k: v.double() for k, v in module.state_dict().items()})
@@ -90,8 +96,7 @@ def _adapted(method, mode='auto'):
     model = _model()
     inject_adapters(model, {'type': method, 'rank': 4, 'kernel_rank': 2, 'forward_mode': mode}
                     if method == 'FLoRA' else {'type': method, 'rank': 4, 'forward_mode': mode})
-    for layer in adapter_layers(model).values():
-        randomize_adapters(layer, std=0.1)
+    _strengthen(model)
     return model
 
 
@@ -106,16 +111,16 @@ def test_bf16_frozen_weights_against_float64(method, mode):
         assert all(p.dtype == torch.float32 for _, p in layer.adapter_named_parameters())
     x = torch.randn(4, 3, 8, 8)
     ref = _reference_model(model)(x.double())
-    scale = ref.abs().max()
+    base = _reference_model(model, adapted=False)(x.double())
     # Without autocast every op runs in fp32 (the input's dtype): only W0 is rounded, once.
     out = model(x)
     assert out.dtype == torch.float32
-    assert (out.double() - ref).abs().max() < 1e-4 * scale
+    assert_adapted_close(out.double(), ref, base, rtol=1e-4)
     # Under autocast the convs run in bfloat16; adapter params and their grads stay fp32.
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = model(x)
     assert out.dtype == torch.bfloat16
-    assert (out.double() - ref).abs().max() < 0.05 * scale
+    assert_adapted_close(out.double(), ref, base, rtol=BF16_TOL)
     out.float().square().mean().backward()
     for layer in adapter_layers(model).values():
         assert layer.weight.grad is None and layer.weight.dtype == torch.bfloat16
@@ -156,7 +161,7 @@ def test_bf16_frozen_weights_merge_in_fp32(method):
     cast_frozen_weights(model, 'bfloat16')
     layers = adapter_layers(model)
     stored = {n: layer.weight.detach().clone() for n, layer in layers.items()}
-    expected = {n: _reference_weight(layer, layer.weight.detach().double())
+    expected = {n: reference_weight(layer, layer.weight.detach().double())
                 for n, layer in layers.items()}
     merge_adapters(model)
     for name, layer in layers.items():

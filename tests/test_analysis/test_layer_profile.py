@@ -139,3 +139,22 @@ def test_interleaved_rotates_rounds_and_drops_warmup():
                                         warmup=1)
     assert calls == ['a', 'b', 'c', 'b', 'c', 'a', 'c', 'a', 'b']
     assert samples == {'a': [6.0, 8.0], 'b': [4.0, 9.0], 'c': [5.0, 7.0]}
+
+
+def test_profile_under_autocast_times_reduced_precision(adapted):
+    """``amp``: every timed forward (the groups' variants and whole backbones) runs under
+    autocast, as ``--amp`` trains; on the CPU with bfloat16."""
+    dtypes = set()
+    for module in adapted.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.register_forward_hook(lambda m, args, out: dtypes.add(out.dtype))
+    shapes = layer_profile.layer_inputs(adapted, torch.randn(2, 3, 16, 16))
+    groups = layer_profile.group_layers(adapted, shapes)
+    dtypes.clear()
+    rows = layer_profile.profile_groups(groups[1:2], {'FLoRA': FLORA}, repeats=1, warmup=0,
+                                        device='cpu', amp='bfloat16')
+    assert all(v > 0 for v in rows[0]['ms'].values())
+    steps = layer_profile.backbone_steps({'FLoRA': adapted}, torch.randn(2, 3, 16, 16),
+                                         repeats=1, amp='bfloat16')
+    assert len(steps['FLoRA']) == 1
+    assert dtypes == {torch.bfloat16}

@@ -4,7 +4,6 @@ limit job really computes input gradients, and the JSON merges and resumes. No t
 assertions (timings belong to the benchmark, not to tests)."""
 import json
 import math
-import os
 import os.path as osp
 import statistics
 
@@ -153,7 +152,7 @@ def test_synthetic_batches_fit_the_models(config, size):
     assert math.isfinite(float(log_vars['loss']))
 
 
-def test_run_table_merges_resumes_and_summarizes(tmp_path):
+def test_run_table_merges_resumes_and_summarizes(tmp_path, monkeypatch):
     out = str(tmp_path / 'table4.json')
     jobs = {f'tiny/{m}/cp0': _job(SEG, m) for m in ('limit', 'flora', 'lora')}
     report = table4.run_table(jobs, out, rounds=1, log=lambda _: None)
@@ -162,15 +161,6 @@ def test_run_table_merges_resumes_and_summarizes(tmp_path):
     assert sorted(on_disk['runs']) == sorted(jobs)
     for key, runs in on_disk['runs'].items():
         assert len(runs) == 1 and 'error' not in runs[0], runs
-    stamp = os.path.getmtime(out)
-    first = {k: v[0]['finished'] for k, v in on_disk['runs'].items()}
-    # resume: everything is there, nothing runs again
-    table4.run_table(jobs, out, rounds=1, log=lambda _: None)
-    with open(out) as f:
-        again = json.load(f)
-    assert {k: v[0]['finished'] for k, v in again['runs'].items()} == first
-    assert all(len(v) == 1 for v in again['runs'].values())
-    assert os.path.getmtime(out) >= stamp
     # the summary is the ratio of the medians of the raw samples
     cell = report['summary']['tiny/cp0']
     runs = on_disk['runs']
@@ -181,12 +171,72 @@ def test_run_table_merges_resumes_and_summarizes(tmp_path):
     assert cell['ratios']['flora']['step_vs_lora'] == pytest.approx(med('flora') / med('lora'))
     assert cell['ratios']['flora']['step_vs_limit'] == pytest.approx(med('flora') / med('limit'))
     mem = {m: runs[f'tiny/{m}/cp0'][0]['memory']['added'] for m in ('flora', 'lora')}
-    if mem['lora']:
-        assert cell['ratios']['flora']['mem_vs_lora'] == pytest.approx(mem['flora'] / mem['lora'])
+    assert cell['ratios']['flora']['mem_vs_lora'] == (
+        pytest.approx(mem['flora'] / mem['lora']) if mem['lora'] else None)
     target = cell['targets']['flora_step_vs_lora']
     assert target['target'] == 1.0 and target['met'] == (target['value'] <= 1.0)
     text = table4.format_table(report['summary'])
     assert '| flora |' in text and '| lora |' in text and '| limit |' in text
+
+    # resume: the jobs with a run on disk do not run again, the missing one does
+    finished = {k: v[0]['finished'] for k, v in runs.items()}
+    lora = on_disk['runs'].pop('tiny/lora/cp0')[0]
+    with open(out, 'w') as f:
+        json.dump(on_disk, f)
+    ran = []
+    monkeypatch.setattr(table4, 'run_job_subprocess',
+                        lambda job, timeout=None: ran.append(job) or dict(lora))
+    table4.run_table(jobs, out, rounds=1, log=lambda _: None)
+    assert ran == [jobs['tiny/lora/cp0']]
+    with open(out) as f:
+        again = json.load(f)
+    assert {k: len(v) for k, v in again['runs'].items()} == {k: 1 for k in jobs}
+    assert {k: v[0]['finished'] for k, v in again['runs'].items() if k != 'tiny/lora/cp0'} == {
+        k: t for k, t in finished.items() if k != 'tiny/lora/cp0'}
+    table4.run_table(jobs, out, rounds=1, log=lambda _: None)
+    assert len(ran) == 1  # everything there: nothing runs
+
+
+def _run(samples, added_gib, trainable=100):
+    return dict(samples_s=samples, memory=dict(added=added_gib * 2**30),
+                backbone_trainable=trainable, adapter_params=trainable // 2)
+
+
+def test_summarize_medians_ratios_and_targets():
+    """Hand-made runs: medians pool every run's samples, memory is the median over runs,
+    ratios and target verdicts follow; failed runs and a zero reference memory are handled."""
+    runs = {
+        'coco/limit/cp0': [_run([1.0, 3.0], 2.0), _run([2.0, 9.0], 4.0)],  # median 2.5; 3 GiB
+        'coco/lora/cp0': [_run([2.0, 2.0, 2.0], 4.0), {'error': 'killed'}],
+        'coco/flora/cp0': [_run([2.2, 2.4, 2.0], 3.0)],                    # 2.2 s; 3 GiB
+        'coco/dora/cp0': [{'error': 'out of memory'}],
+        'ade20k/lora/cp1': [_run([1.0], 0.0)],
+        'ade20k/flora/cp1': [_run([0.5], 1.0)],
+    }
+    summary = table4.summarize(runs)
+    assert sorted(summary) == ['ade20k/cp1', 'coco/cp0']
+    coco = summary['coco/cp0']
+    assert sorted(coco['methods']) == ['flora', 'limit', 'lora']  # DoRA: no successful run
+    assert coco['methods']['limit']['step_s'] == pytest.approx(2.5)
+    assert coco['methods']['limit']['mem_gib'] == pytest.approx(3.0)
+    assert coco['methods']['lora']['runs'] == 1
+    flora = coco['ratios']['flora']
+    assert flora['step_vs_lora'] == pytest.approx(1.1)
+    assert flora['step_vs_limit'] == pytest.approx(2.2 / 2.5)
+    assert flora['mem_vs_lora'] == pytest.approx(0.75)
+    assert flora['mem_vs_limit'] == pytest.approx(1.0)
+    targets = coco['targets']
+    assert targets['flora_step_vs_lora'] == dict(value=pytest.approx(1.1), target=1.0, met=False)
+    assert targets['flora_mem_vs_lora']['met'] is True
+    assert targets['flora_step_vs_limit'] == dict(value=pytest.approx(0.88), target=1.1,
+                                                  met=True)
+    ade = summary['ade20k/cp1']
+    assert ade['ratios']['flora']['mem_vs_lora'] is None  # LoRA added nothing: no ratio
+    assert 'flora_mem_vs_lora' not in ade['targets']
+    assert ade['targets']['flora_step_vs_lora']['value'] == pytest.approx(0.5)
+    text = table4.format_table(summary)
+    assert '| flora | 100 | 2.20 | 1.100 | 0.880 | 3.00 | 0.750 | 1.000 |' in text
+    assert 'flora_step_vs_lora 1.100 (<= 1.00: MISSED)' in text
 
 
 def test_run_table_records_failures(tmp_path):

@@ -26,7 +26,8 @@ ROT_CONFIG = osp.join(DEMO, 'oriented-rcnn_convnextv2-atto-flora_fpn_tiny-dota.p
 
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
-    """Environment of the tool processes: the tiny datasets, this interpreter, a free port."""
+    """Environment of the tool processes: the tiny datasets, this interpreter, a free port, no
+    GPU (tests/conftest.py hides it; said here too, where the processes start)."""
     from flora_mm.testing import make_all
     root = str(tmp_path_factory.mktemp('tiny_data'))
     make_all(root)
@@ -34,7 +35,7 @@ def env(tmp_path_factory):
         sock.bind(('127.0.0.1', 0))
         port = sock.getsockname()[1]
     return {**os.environ, 'FLORA_MM_TINY_DATA': root, 'PYTHON': sys.executable,
-            'PORT': str(port), 'OMP_NUM_THREADS': '1'}
+            'PORT': str(port), 'OMP_NUM_THREADS': '1', 'CUDA_VISIBLE_DEVICES': ''}
 
 
 def _run(cmd, env):

@@ -25,6 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--input-size', nargs=2, type=int, default=[512, 512], metavar=('H', 'W'))
     parser.add_argument('--batch-size', type=int, default=1)
     parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+    parser.add_argument('--amp', default=None, choices=['float16', 'bfloat16'],
+                        help='time under autocast to this dtype (how --amp trains)')
     parser.add_argument('--out', default='work_dirs/benchmarks/layer_profile.json')
     args = parser.parse_args(argv)
     try:
@@ -36,10 +39,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    report = profile_configs(args.configs, args.input_size, args.batch_size, args.repeats)
+    report = profile_configs(args.configs, args.input_size, args.batch_size, args.repeats,
+                             device=args.device, amp=args.amp)
     print(format_profile(report['rows'], list(args.configs)))
     print('\n' + format_steps(report['backbone_steps']))
-    write_json(args.out, dict(report, input_size=args.input_size, batch_size=args.batch_size))
+    write_json(args.out, dict(report, input_size=args.input_size, batch_size=args.batch_size,
+                              device=args.device, amp=args.amp))
     print(f'\nwrote {args.out}')
 
 

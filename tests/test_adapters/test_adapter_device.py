@@ -1,0 +1,42 @@
+"""The GPU suite's adapter check (device_check.check_layer) run on the CPU, in fp32 and under
+bfloat16 and float16 autocast (the CPU has both), and the proof that it can fail: with the
+adapter branch zeroed (the factorized branch and the merged update) it raises, at the tightest
+and the loosest tolerance, and it passes once restored."""
+import pytest
+import torch
+
+from .device_check import CASES, METHODS, adapted_case, check_layer
+
+AUTOCAST = pytest.mark.parametrize('autocast', [None, torch.bfloat16], ids=['fp32', 'bf16'])
+
+
+@pytest.mark.parametrize('autocast', [None, torch.bfloat16, torch.float16],
+                         ids=['fp32', 'bf16', 'fp16'])
+@pytest.mark.parametrize('mode', ['factorized', 'merged'])
+@pytest.mark.parametrize('method', list(METHODS))
+@pytest.mark.parametrize('name', CASES)
+def test_layer_on_cpu_matches_float64_reference(name, method, mode, autocast):
+    check_layer(name, method, mode, 'cpu', autocast)
+
+
+def _zero_adapter(patch, layer_class):
+    """Every adapter of ``layer_class`` contributes nothing: the factorized branch's output and
+    the merged update are multiplied by 0 (the graph stays, so gradients still exist)."""
+    for cls in layer_class.__mro__:
+        for name in ('_adapter_branch', '_low_rank_delta'):
+            if name in vars(cls):
+                original = vars(cls)[name]
+                patch.setattr(cls, name, lambda self, *args, f=original: f(self, *args) * 0)
+
+
+@AUTOCAST
+@pytest.mark.parametrize('mode', ['factorized', 'merged'])
+@pytest.mark.parametrize('method', list(METHODS))
+@pytest.mark.parametrize('name', CASES)
+def test_zeroed_adapter_fails_the_check(name, method, mode, autocast):
+    layer_class = type(adapted_case(name, method, mode)[0])
+    with pytest.MonkeyPatch.context() as patch:
+        _zero_adapter(patch, layer_class)
+        with pytest.raises(AssertionError, match='not close'):
+            check_layer(name, method, mode, 'cpu', autocast)
+    check_layer(name, method, mode, 'cpu', autocast)  # restored
