@@ -1,40 +1,37 @@
 """flora_mm: FLoRA adapters for OpenMMLab dense vision.
 
-``import flora_mm`` (what the configs' ``custom_imports`` do) applies the stack's compatibility
-fixes, checks the mm* versions and registers flora_mm's modules. The adapter core,
-``flora_mm.adapters``, needs only torch and works without any OpenMMLab package installed.
-"""
-import importlib.util
+``import flora_mm`` (what the configs' ``custom_imports`` do) imports the standard library
+only, so that the adapter core, ``flora_mm.adapters``, costs torch alone and works beside any
+OpenMMLab version. It
 
+* applies the stack's compatibility fixes, each when the module it patches is imported
+  (:mod:`flora_mm.compat`);
+* adds flora_mm's registry nodes to mmengine's (:mod:`flora_mm.registry`) once mmengine is
+  imported, at once if it already is. Their modules (backbones, hooks, optimizer parts)
+  register on the first look-up of a ``flora_mm.`` type, through the nodes' ``locations``,
+  which mmengine imports then; so an import of a flora_mm module that imports mmengine
+  first never runs into a half-imported flora_mm module.
+"""
+import logging
+
+from .compat import apply_compat, when_imported
 from .version import __version__
 
 __all__ = ['__version__']
 
-# (minimum, maximum) inclusive, as the pinned stack in requirements/constraints.txt fits together.
-SUPPORTED_VERSIONS = {
-    'mmcv': ('2.0.0', '2.0.1'),
-    'mmengine': ('0.10.0', '0.10.7'),
-    'mmdet': ('3.0.0', '3.1.0'),
-    'mmseg': ('1.2.0', '1.2.2'),
-}
+
+def _add_registry_nodes(mmengine) -> None:
+    """Import :mod:`flora_mm.registry`; with torch or mmengine out of range, warn instead
+    (importing it, or a ``flora_mm.`` type, raises the stack error) and leave mmengine be."""
+    from .stack import SETUP_HINT, stack_problems
+    problems = stack_problems('torch', 'mmengine')
+    if problems:
+        logging.getLogger(__name__).warning(
+            "flora_mm's OpenMMLab modules are not registered: they need %s; %s",
+            '; '.join(problems), SETUP_HINT)
+        return
+    from . import registry  # noqa: F401
 
 
-def check_versions() -> None:
-    """Fail with a clear message when an installed mm* package is out of the supported range."""
-    from mmengine.utils import digit_version
-    for package, (low, high) in SUPPORTED_VERSIONS.items():
-        if importlib.util.find_spec(package) is None:
-            continue
-        version = importlib.import_module(package).__version__
-        if not digit_version(low) <= digit_version(version) <= digit_version(high):
-            raise RuntimeError(
-                f'{package}=={version} is incompatible with flora_mm {__version__}: '
-                f'it needs {low} <= {package} <= {high}. '
-                'Run `bash tools/setup_env.sh` to build the supported stack.')
-
-
-if importlib.util.find_spec('mmengine') is not None:
-    from .compat import apply_compat
-    apply_compat()
-    check_versions()
-    from . import engine, models  # noqa: F401,E402  (register modules)
+apply_compat()
+when_imported('mmengine', _add_registry_nodes)

@@ -1,6 +1,11 @@
 """Compatibility fixes for the pinned OpenMMLab stack on Python 3.11 / torch 2.14.
 
-Applied two ways, both idempotent and leaving installed files untouched:
+Each fix declares what it is for (:func:`fix`): the module whose import triggers it, the
+package versions it is meant for, and why. It runs right after that module is first imported
+(:func:`when_imported`) and leaves installed files untouched; outside its versions it is
+skipped with one warning. docs/compat.md lists them.
+
+Applied two ways, each fix once per process (a marker on the patched module):
 
 * ``import flora_mm`` (every flora_mm tool, every config's ``custom_imports``, the tests)
   calls :func:`apply_compat`;
@@ -8,21 +13,31 @@ Applied two ways, both idempotent and leaving installed files untouched:
   by ``tools/setup_env.sh``) runs this file by path and calls :func:`apply_compat`, so the
   downstream packages' own tools (mmrotate's ``tools/test.py`` calls
   ``register_all_modules()`` before a config's ``custom_imports`` can load flora_mm) work
-  unchanged. That is why this module imports only the standard library at the top: a fix that
-  needs a package is registered against the module it patches and runs right after that module
-  is first imported (:func:`when_imported`), so a plain ``python`` start stays cheap.
+  unchanged. That is why this module imports only the standard library at the top and
+  nothing of flora_mm: a plain ``python`` start stays cheap.
 """
 import collections
 import collections.abc
+import functools
 import importlib.abc
+import importlib.metadata
+import logging
 import os.path as osp
 import pickle
 import sys
-from typing import Callable, Dict, List
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable, Dict, List, Mapping, Optional
+
+logger = logging.getLogger('flora_mm.compat')
 
 _applied = False
 # module name -> fixes to run once that module has been executed
 _pending: Dict[str, List[Callable]] = {}
+# import name -> distribution name, where they differ
+DISTRIBUTIONS = {'mmseg': 'mmsegmentation', 'cv2': 'opencv-python'}
+# on each patched module: {fix name: 'applied' | 'skipped'}, shared by every copy of this file
+MARKER = '_flora_mm_fixes'
 
 
 class _AfterImportFinder(importlib.abc.MetaPathFinder):
@@ -86,11 +101,89 @@ def when_imported(name: str, fix: Callable) -> None:
         sys.meta_path.insert(0, _FINDER)
 
 
-def _restore_collections_aliases() -> None:
-    """Re-create ``collections.Sequence`` & co., removed in Python 3.10.
+def installed_version(package: str) -> Optional[str]:
+    """The version of an importable package: its ``__version__`` once imported (what runs),
+    else its distribution's; None when it is not installed. Imports nothing."""
+    version = getattr(sys.modules.get(package), '__version__', None)
+    if version is not None:
+        return str(version)
+    try:
+        return importlib.metadata.version(DISTRIBUTIONS.get(package, package))
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
-    mmrotate 1.0.0rc1 does ``from collections import Sequence`` in
-    ``mmrotate/models/detectors/refine_single_stage.py``, so ``import mmrotate.models`` fails.
+
+def version_problems(required: Mapping[str, str]) -> List[str]:
+    """``'mmengine >=0.10.0,<=0.10.7 (found 0.11.0)'`` for each package of ``required``
+    (import name -> PEP 440 specifier) that is missing or outside its range."""
+    from packaging.specifiers import SpecifierSet
+    problems = []
+    for package, specifier in required.items():
+        version = installed_version(package)
+        if version is None or not SpecifierSet(specifier).contains(version, prereleases=True):
+            problems.append(f'{package} {specifier} (found {version or "none"})')
+    return problems
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A fix of an installed package, run on the module ``on`` once it is imported.
+
+    Attributes:
+        name: The fix function's name.
+        on: The module it patches; its import triggers the fix.
+        versions: Import name -> PEP 440 specifier: the versions that need the fix, from the
+            oldest flora_mm supports to the newest that has the defect (checked).
+        why: The upstream failure it fixes, in one sentence.
+        apply: ``apply(module)`` patches the module.
+    """
+
+    name: str
+    on: str
+    versions: Mapping[str, str]
+    why: str
+    apply: Callable[[ModuleType], None]
+
+    def __call__(self, module: ModuleType) -> bool:
+        """Apply the fix to ``module`` unless applied or skipped there before.
+
+        Returns:
+            Whether the fix is in place.
+        """
+        done = module.__dict__.setdefault(MARKER, {})
+        if self.name not in done:
+            problems = version_problems(self.versions)
+            if problems:
+                logger.warning('flora_mm skipped the fix %s of %s, meant for %s: %s',
+                               self.name, self.on, ', '.join(problems), self.why)
+                done[self.name] = 'skipped'
+            else:
+                self.apply(module)
+                done[self.name] = 'applied'
+        return done[self.name] == 'applied'
+
+
+FIXES: Dict[str, Fix] = {}
+
+
+def fix(on: str, versions: Mapping[str, str], why: str) -> Callable:
+    """Declare the decorated ``apply(module)`` the fix of ``on`` for ``versions`` (:class:`Fix`)."""
+
+    def declare(apply: Callable[[ModuleType], None]) -> Callable[[ModuleType], None]:
+        FIXES[apply.__name__] = Fix(apply.__name__, on, dict(versions), why, apply)
+        return apply
+
+    return declare
+
+
+@fix('mmrotate', {'mmrotate': '>=1.0.0rc0,<=1.0.0rc1'},
+     why='mmrotate.models does `from collections import Sequence`, removed in Python 3.10')
+def mmrotate_collections_aliases(mmrotate: ModuleType) -> None:
+    """Re-create ``collections.Sequence`` & co. before ``mmrotate.models`` is imported.
+
+    ``mmrotate/models/detectors/refine_single_stage.py`` imports it (its unreleased dev-1.x
+    takes it from ``typing``); mmrotate's ``__init__`` does not import its models, so this
+    runs in time.
     """
     for name in ('Sequence', 'Mapping', 'MutableMapping', 'Iterable', 'Callable'):
         if not hasattr(collections, name):
@@ -122,11 +215,9 @@ def _mmengine_checkpoint_globals() -> list:
 def _load_local_checkpoint(filename: str, map_location=None):
     """mmengine's local checkpoint loader, ``weights_only=True`` with mmengine's own types.
 
-    torch >= 2.6 defaults ``torch.load`` to ``weights_only=True``; mmengine 0.10.7 does not pass
-    the flag, so its own checkpoints (message hub, numpy values) cannot be resumed or tested.
-    Only the types those hold are allowed in addition to torch's defaults, so a ``load_from``
-    file from elsewhere is read as safely as by plain ``torch.load``; one that needs other
-    globals is refused with their names.
+    Only the types mmengine's checkpoints hold are allowed in addition to torch's defaults,
+    so a ``load_from`` file from elsewhere is read as safely as by plain ``torch.load``; one
+    that needs other globals is refused with their names.
     """
     import torch
     filename = osp.expanduser(filename)
@@ -143,7 +234,12 @@ def _load_local_checkpoint(filename: str, map_location=None):
                 f'custom_imports.\n{err}') from None
 
 
-def _patch_mmengine_checkpoint_loader(checkpoint_module) -> None:
+@fix('mmengine.runner.checkpoint', {'mmengine': '>=0.10.0,<=0.10.7', 'torch': '>=2.6'},
+     why="torch >= 2.6 loads with weights_only=True by default and mmengine's local loader "
+         'passes no flag, so the runner cannot resume or test its own checkpoints')
+def mmengine_local_checkpoints(checkpoint_module: ModuleType) -> None:
+    """Load local files with :func:`_load_local_checkpoint` (mmengine's unreleased main passes
+    ``weights_only=False`` instead, which runs any pickle)."""
     checkpoint_module.CheckpointLoader.register_scheme(
         prefixes='', loader=_load_local_checkpoint, force=True)
 
@@ -160,19 +256,16 @@ def _detector_inputs(model, input_shape: tuple) -> dict:
                 data_samples=[DetDataSample(metainfo=meta)], mode='tensor')
 
 
-def _patch_mmcv_flops_counter(cnn_module) -> None:
-    """Let mmcv's ``get_model_complexity_info`` run mmdet-style detectors.
-
-    It calls ``model(batch)``; mmdet 3.x detectors (and mmrotate's, which are mmdet's) need
-    image metas for their RPN / RoI heads in ``mode='tensor'`` too, so mmrotate's
-    ``tools/analysis_tools/get_flops.py`` fails with "'NoneType' object is not iterable" on
-    every config, its own included. For those models (only) and when the caller gives no
-    ``input_constructor``, one is supplied: a blank image with its metas.
-    """
+@fix('mmcv.cnn', {'mmcv': '>=2.0.0,<=2.0.1'},
+     why="mmcv's get_model_complexity_info calls model(batch), but mmdet 3.x detectors need "
+         "image metas, so mmdet's and mmrotate's get_flops.py fail on every config")
+def mmcv_flops_counter_detectors(cnn_module: ModuleType) -> None:
+    """For mmdet-style detectors (only) and when the caller gives no ``input_constructor``,
+    supply one: a blank image with its metas. The error was "'NoneType' object is not
+    iterable" (their RPN / RoI heads read the metas in ``mode='tensor'`` too)."""
     counter = cnn_module.get_model_complexity_info
-    if getattr(counter, '_flora_mm_patched', False):
-        return
 
+    @functools.wraps(counter)
     def get_model_complexity_info(model, input_shape, *args, **kwargs):
         try:
             from mmdet.models.detectors import BaseDetector
@@ -183,122 +276,102 @@ def _patch_mmcv_flops_counter(cnn_module) -> None:
             kwargs['input_constructor'] = lambda shape: _detector_inputs(model, shape)
         return counter(model, input_shape, *args, **kwargs)
 
-    get_model_complexity_info._flora_mm_patched = True
-    get_model_complexity_info.__doc__ = counter.__doc__
     cnn_module.get_model_complexity_info = get_model_complexity_info
 
 
-def _patch_mmengine_complexity_info(analysis_module) -> None:
-    """Let ``mmengine.analysis.get_model_complexity_info`` take ``inputs`` with ``input_shape``.
-
-    mmseg 1.2.2's ``tools/analysis_tools/get_flops.py`` passes both (the shape for its report,
-    the preprocessed image to run); mmengine 0.10 raises '"input_shape" and "inputs" cannot be
-    both set.'. Given both, the inputs are used, as the function's docstring says they are.
-    """
+@fix('mmengine.analysis', {'mmengine': '>=0.10.0,<=0.10.7'},
+     why='mmseg 1.2.2\'s get_flops.py passes input_shape and inputs, which mmengine\'s '
+         'get_model_complexity_info refuses ("cannot be both set")')
+def mmengine_complexity_info_inputs(analysis_module: ModuleType) -> None:
+    """Given both, use the inputs, as the function's docstring says it does (mmseg's tool
+    passes the shape for its report and the preprocessed image to run)."""
     analyze = analysis_module.get_model_complexity_info
-    if getattr(analyze, '_flora_mm_patched', False):
-        return
 
+    @functools.wraps(analyze)
     def get_model_complexity_info(model, input_shape=None, inputs=None, *args, **kwargs):
         if inputs is not None:
             input_shape = None
         return analyze(model, input_shape, inputs, *args, **kwargs)
 
-    get_model_complexity_info._flora_mm_patched = True
-    get_model_complexity_info.__doc__ = analyze.__doc__
     analysis_module.get_model_complexity_info = get_model_complexity_info
 
 
-def _patch_mmseg_draw_sem_seg(visualizer_module) -> None:
-    """Give mmseg's ``SegLocalVisualizer._draw_sem_seg`` a C-contiguous image.
-
-    mmseg 1.2.2's ``tools/analysis_tools/browse_dataset.py`` passes a channel-flipped view of
-    a permuted tensor; the overlay made with ``np.zeros_like`` keeps its strides and OpenCV
-    4.10 refuses to draw on it ("Layout of the output array img is incompatible with cv::Mat").
-    """
+@fix('mmseg.visualization.local_visualizer', {'mmseg': '>=1.2.0,<=1.2.2'},
+     why="mmseg's browse_dataset.py passes a channel-flipped view to _draw_sem_seg, whose "
+         'overlay keeps its strides, and OpenCV 4.10 refuses to draw on it')
+def mmseg_draw_sem_seg_contiguous(visualizer_module: ModuleType) -> None:
+    """Give ``SegLocalVisualizer._draw_sem_seg`` a C-contiguous image (the overlay is made
+    with ``np.zeros_like``; OpenCV: "Layout of the output array img is incompatible with
+    cv::Mat")."""
     import numpy as np
     visualizer = visualizer_module.SegLocalVisualizer
     draw = visualizer._draw_sem_seg
-    if getattr(draw, '_flora_mm_patched', False):
-        return
 
+    @functools.wraps(draw)
     def _draw_sem_seg(self, image, *args, **kwargs):
         return draw(self, np.ascontiguousarray(image), *args, **kwargs)
 
-    _draw_sem_seg._flora_mm_patched = True
     visualizer._draw_sem_seg = _draw_sem_seg
 
 
 def _fsdp_load_optim_state_dict(self, state_dict: dict) -> None:
-    """``FSDPStrategy.load_optim_state_dict`` with torch's argument order.
-
-    mmengine 0.10.7 calls ``FSDP.optim_state_dict_to_load(state_dict, model, optimizer)``, the
-    torch 2.0 order; since torch 2.1 it is ``(model, optim, optim_state_dict)``, so resuming a
-    sharded run failed with ``TypeError: unhashable type: 'dict'``.
-    """
+    """``FSDPStrategy.load_optim_state_dict`` with torch's argument order (model, optimizer,
+    state dict)."""
     from torch.distributed.fsdp import FullyShardedDataParallel
     optimizer = self.optim_wrapper.optimizer
     self.optim_wrapper.load_state_dict(
         FullyShardedDataParallel.optim_state_dict_to_load(self.model, optimizer, state_dict))
 
 
-def _patch_mmengine_fsdp_resume(fsdp_strategy_module) -> None:
+@fix('mmengine._strategy.fsdp', {'mmengine': '>=0.10.0,<=0.10.7', 'torch': '>=2.1'},
+     why="mmengine calls FSDP.optim_state_dict_to_load in torch 2.0's argument order, so "
+         "resuming a sharded run fails with TypeError: unhashable type: 'dict'")
+def mmengine_fsdp_resume(fsdp_strategy_module: ModuleType) -> None:
+    """Replace ``FSDPStrategy.load_optim_state_dict`` (mmengine's unreleased main names the
+    arguments instead)."""
     fsdp_strategy_module.FSDPStrategy.load_optim_state_dict = _fsdp_load_optim_state_dict
 
 
-def _patch_fsdp_cpu_optim_gather(optim_utils_module) -> None:
-    """Copy each gathered optimizer state out of FSDP's reused buffer on CPU.
+@fix('torch.distributed.fsdp._optim_utils', {'torch': '>=2.13,<=2.14.1'},
+     why="FSDP's full optimizer state dict with offload_to_cpu keeps views of one reused "
+         'gather buffer on CPU processes, so every state came out equal to the last one')
+def torch_fsdp_cpu_optim_gather(optim_utils_module: ModuleType) -> None:
+    """Clone CPU views before they are unflattened.
 
-    torch 2.14's FSDP (``_allgather_orig_param_states``) all-gathers every optimizer state
-    (``exp_avg``, ``exp_avg_sq``) of a unit into one buffer and keeps views of it; with
-    ``offload_to_cpu`` the ``.cpu()`` that copies them on GPUs is a no-op on CPU processes, so
-    every state of a full optimizer state dict came out equal to the last one gathered and a
-    resumed run diverged. Cloning CPU views before they are unflattened fixes it; GPU runs are
-    unchanged.
+    ``_allgather_orig_param_states`` all-gathers every optimizer state (``exp_avg``,
+    ``exp_avg_sq``) of a unit into one buffer; the ``.cpu()`` that copies them out on GPUs is
+    a no-op on CPU processes, and a resumed run diverged. GPU runs are unchanged. (The
+    2.13.0 source is the same as 2.14.1's.)
     """
     import torch
-    original = optim_utils_module._unflatten_orig_param_states
-    if getattr(original, '_flora_mm_patched', False):
-        return
+    unflatten = optim_utils_module._unflatten_orig_param_states
 
-    def unflatten(fsdp_param_info, output_states, state_name, *args, **kwargs):
+    @functools.wraps(unflatten)
+    def _unflatten_orig_param_states(fsdp_param_info, output_states, state_name, *args,
+                                     **kwargs):
         for states in output_states.values():
             value = states.get(state_name)
             if torch.is_tensor(value) and value.device.type == 'cpu':
                 states[state_name] = value.clone()
-        return original(fsdp_param_info, output_states, state_name, *args, **kwargs)
+        return unflatten(fsdp_param_info, output_states, state_name, *args, **kwargs)
 
-    unflatten._flora_mm_patched = True
-    optim_utils_module._unflatten_orig_param_states = unflatten
+    optim_utils_module._unflatten_orig_param_states = _unflatten_orig_param_states
 
 
-def _patch_mmengine_test_json(logger_hook_module) -> None:
-    """Write the test metrics file ``<timestamp>.json`` from the main process only.
-
-    mmengine 0.10.7's ``LoggerHook.after_test_epoch`` dumps it on every rank, the one write of
-    that hook without ``master_only``: two ranks truncating and writing the same file at once
-    left a corrupt file in CI (rank 1's line, then the tail of rank 0's longer one).
-    """
+@fix('mmengine.hooks.logger_hook', {'mmengine': '>=0.10.0,<=0.10.7'},
+     why="LoggerHook.after_test_epoch dumps the test metrics JSON on every rank; two ranks "
+         'writing one file at once left it corrupt')
+def mmengine_test_json_main_process(logger_hook_module: ModuleType) -> None:
+    """Make the hook module's ``dump`` (used for that file only) ``master_only``."""
     from mmengine.dist import master_only
-    dump = logger_hook_module.dump
-    if getattr(dump, '_flora_mm_patched', False):
-        return
-    main_only = master_only(dump)
-    main_only._flora_mm_patched = True
-    logger_hook_module.dump = main_only
+    logger_hook_module.dump = master_only(logger_hook_module.dump)
 
 
 def apply_compat() -> None:
-    """Apply every fix once (lazily where it patches a package); safe to call repeatedly."""
+    """Register every fix (each runs when its module is imported); safe to call repeatedly."""
     global _applied
     if _applied:
         return
-    _restore_collections_aliases()
-    when_imported('mmengine.runner.checkpoint', _patch_mmengine_checkpoint_loader)
-    when_imported('mmengine._strategy.fsdp', _patch_mmengine_fsdp_resume)
-    when_imported('mmengine.hooks.logger_hook', _patch_mmengine_test_json)
-    when_imported('torch.distributed.fsdp._optim_utils', _patch_fsdp_cpu_optim_gather)
-    when_imported('mmcv.cnn', _patch_mmcv_flops_counter)
-    when_imported('mmengine.analysis', _patch_mmengine_complexity_info)
-    when_imported('mmseg.visualization.local_visualizer', _patch_mmseg_draw_sem_seg)
+    for declared in FIXES.values():
+        when_imported(declared.on, declared)
     _applied = True

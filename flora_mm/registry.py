@@ -2,28 +2,28 @@
 
 Children of mmengine's root registries under the scope ``flora_mm``, so a config refers to
 ``type='flora_mm.FLoRAConvNeXtV2'`` whatever its ``default_scope`` (mmdet, mmseg, mmrotate) and
-whatever ``_scope_`` an inherited ``mmdet::`` base sets.
+whatever ``_scope_`` an inherited ``mmdet::`` base sets. mmengine imports this module when
+it meets such a type, and each node imports its ``locations`` on its first look-up, which
+registers the modules.
 """
-from mmengine.registry import FUNCTIONS as MMENGINE_FUNCTIONS
-from mmengine.registry import HOOKS as MMENGINE_HOOKS
-from mmengine.registry import MODELS as MMENGINE_MODELS
-from mmengine.registry import \
-    OPTIM_WRAPPER_CONSTRUCTORS as MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS
-from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
-from mmengine.registry import Registry
+from .stack import require
 
-MODELS = Registry(
-    'model', parent=MMENGINE_MODELS, scope='flora_mm', locations=['flora_mm.models'])
-HOOKS = Registry(
-    'hook', parent=MMENGINE_HOOKS, scope='flora_mm', locations=['flora_mm.engine'])
-OPTIM_WRAPPER_CONSTRUCTORS = Registry(
+require('torch', 'mmengine', part='flora_mm.registry (OpenMMLab registries)')
+
+from mmengine import registry as mmengine_registry  # noqa: E402  (after the version check)
+
+MODELS = mmengine_registry.Registry(
+    'model', parent=mmengine_registry.MODELS, scope='flora_mm', locations=['flora_mm.models'])
+HOOKS = mmengine_registry.Registry(
+    'hook', parent=mmengine_registry.HOOKS, scope='flora_mm', locations=['flora_mm.engine'])
+OPTIM_WRAPPER_CONSTRUCTORS = mmengine_registry.Registry(
     'optimizer wrapper constructor',
-    parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS,
+    parent=mmengine_registry.OPTIM_WRAPPER_CONSTRUCTORS,
     scope='flora_mm',
     locations=['flora_mm.engine'])
-OPTIM_WRAPPERS = Registry(
-    'optim_wrapper', parent=MMENGINE_OPTIM_WRAPPERS, scope='flora_mm',
+OPTIM_WRAPPERS = mmengine_registry.Registry(
+    'optim_wrapper', parent=mmengine_registry.OPTIM_WRAPPERS, scope='flora_mm',
     locations=['flora_mm.engine'])
 # Functions a config names by string, e.g. FSDP's ``auto_wrap_policy``.
-FUNCTIONS = Registry(
-    'function', parent=MMENGINE_FUNCTIONS, scope='flora_mm', locations=['flora_mm.engine'])
+FUNCTIONS = mmengine_registry.Registry(
+    'function', parent=mmengine_registry.FUNCTIONS, scope='flora_mm', locations=['flora_mm.engine'])

@@ -79,13 +79,14 @@ TARGETS = {'vs_lora': 1.00, 'vs_limit': 1.10}
 NUM_OBJECTS = 12
 
 
-def config_path(task: str, method: str, root: str = 'configs') -> str:
-    """The Table-1 config of a task and method, e.g. ``configs/flora/upernet/...-flora-r42...``."""
+def config_path(task: str, method: str, root: str) -> str:
+    """The Table-1 config of a task and method under the configs root ``root`` (the
+    repository's ``configs/``), e.g. ``<root>/flora/upernet/...-flora-r42...``."""
     spec, (folder, name) = TASKS[task], METHODS[method]
     return osp.join(root, folder, spec.folder, f'{spec.prefix}-{name}{spec.suffix}')
 
 
-def table_jobs(tasks, methods, with_cp_values, *, root='configs', device='cpu', amp=None,
+def table_jobs(tasks, methods, with_cp_values, *, root, device='cpu', amp=None,
                batch_size=None, warmup=1, steps=2, threads=None) -> dict:
     """The jobs of a table, keyed ``'<task>/<method>/cp<0|1>'`` (see :func:`run_job`)."""
     jobs = {}

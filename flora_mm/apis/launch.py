@@ -22,6 +22,8 @@ import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+from flora_mm.stack import require
+
 # default_scope -> packages whose modules the config may name (mmrotate configs use mmdet's).
 SCOPE_PACKAGES = {'mmdet': ('mmdet', ), 'mmseg': ('mmseg', ), 'mmrotate': ('mmdet', 'mmrotate')}
 DDP_WRAPPERS = ('MMDistributedDataParallel', 'mmengine.MMDistributedDataParallel')
@@ -33,9 +35,15 @@ def register_task_modules(cfg: Config) -> None:
     Args:
         cfg: A config; ``default_scope`` (mmdet when absent, as mmdet's tools assume) picks
             ``mmdet``, ``mmseg`` or ``mmrotate`` (with mmdet). Other scopes register nothing.
+
+    Raises:
+        UnsupportedStackError: mmcv or one of those packages is missing or out of range.
     """
-    import flora_mm  # noqa: F401  (compat fixes and flora_mm registries)
-    for package in SCOPE_PACKAGES.get(cfg.get('default_scope', 'mmdet'), ()):
+    scope = cfg.get('default_scope', 'mmdet')
+    packages = SCOPE_PACKAGES.get(scope, ())
+    if packages:
+        require('mmcv', *packages, part=f'a {scope} config')
+    for package in packages:
         utils = importlib.import_module(f'{package}.utils')
         utils.register_all_modules(init_default_scope=False)
 
@@ -142,7 +150,6 @@ def load_config(config: str, launcher: str = 'none', cfg_options: Optional[dict]
     Returns:
         The config.
     """
-    import flora_mm  # noqa: F401  (compat fixes before any mm* model code is imported)
     cfg = Config.fromfile(config)
     cfg.launcher = launcher
     if cfg_options:

@@ -35,6 +35,8 @@ def img_split_module() -> ModuleType:
     """mmrotate's ``img_split.py`` as a module (from the installed package or a source tree)."""
     if _MODULE in sys.modules:
         return sys.modules[_MODULE]
+    from ..stack import require
+    require('mmrotate', part="the DOTA splitter (mmrotate's img_split.py)")
     import mmrotate
     package = osp.dirname(mmrotate.__file__)
     candidates = [osp.join(package, '.mim', 'tools', 'data', 'dota', 'split', 'img_split.py'),

@@ -1,10 +1,13 @@
 """The fidelity experiment's cells, run order, cache keys and schedule rescaling (no training)."""
+import os.path as osp
+
 import pytest
 from mmengine.config import Config
 
 from flora_mm.analysis.fidelity import Cell, Settings
 from flora_mm.analysis.fidelity.runner import load_task_config, set_iters
 
+CONFIGS = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs')
 BUDGETS = {'b1': {'flora': {'rank': 4}, 'lora': {'rank': 5}, 'dora': {'rank': 3}}}
 
 
@@ -63,7 +66,7 @@ def test_run_key_covers_what_changes_a_result():
 
 @pytest.mark.parametrize('task', ['scenes', 'topdown'])
 def test_configs_own_the_schedule(task):
-    cfg = load_task_config(task)
+    cfg = load_task_config(task, CONFIGS)
     assert cfg.train_cfg.max_iters == 400
     assert [(s.begin, s.end) for s in cfg.param_scheduler] == [(0, 26), (26, 400)]
     assert cfg.optim_wrapper.optimizer.lr == 2e-3 and cfg.train_dataloader.batch_size == 4

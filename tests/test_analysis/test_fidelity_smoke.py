@@ -6,12 +6,14 @@ Asserts nothing about which method wins.
 """
 import json
 import math
+import os.path as osp
 
 import pytest
 
 from flora_mm.analysis.curves import read_curves
 from flora_mm.analysis.fidelity import QUICK, Settings, run_experiment
 
+CONFIGS = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs')
 SETTINGS = dict(QUICK, tasks=['scenes', 'topdown'], cells=['frozen', 'lora@b1', 'flora@b1'],
                 iters=6, pretrain_iters=4, num_train=4)
 # LayerNorm weight + bias on the outputs of ConvNeXt-V2-atto stages 1-3 (widths 80, 160, 320;
@@ -22,7 +24,7 @@ OUTPUT_NORM_PARAMS = 2 * (80 + 160 + 320)
 @pytest.fixture(scope='module')
 def fidelity_run(tmp_path_factory):
     root = tmp_path_factory.mktemp('fidelity')
-    summary = run_experiment(Settings(**SETTINGS), str(root), str(root / 'out'))
+    summary = run_experiment(Settings(**SETTINGS), str(root), str(root / 'out'), CONFIGS)
     return root, summary
 
 
@@ -71,7 +73,7 @@ def test_analysis_hook_curves_start_at_zero_and_grow(fidelity_run):
 def test_finished_runs_are_reused(fidelity_run):
     root, summary = fidelity_run
     logged = []
-    again = run_experiment(Settings(**SETTINGS), str(root), str(root / 'out'),
+    again = run_experiment(Settings(**SETTINGS), str(root), str(root / 'out'), CONFIGS,
                            log=logged.append)
     assert not any(line.startswith('[fidelity]') for line in logged)  # nothing trained again
     assert json.dumps(again['cells'], sort_keys=True) == json.dumps(summary['cells'],

@@ -43,7 +43,8 @@ def _job(config, method='flora', size=(64, 64), batch_size=2, **kwargs):
 
 @pytest.mark.parametrize('task', list(table4.TASKS))
 def test_table_jobs_name_the_real_table1_configs(task):
-    jobs = table4.table_jobs([task], list(table4.METHODS), [0, 1])
+    jobs = table4.table_jobs([task], list(table4.METHODS), [0, 1],
+                             root=osp.join(REPO, 'configs'))
     assert len(jobs) == 2 * len(table4.METHODS)
     expected = {'frozen': ('Frozen', None), 'limit': ('Frozen', None), 'flora': ('FLoRA', 42),
                 'lora': ('LoRA', 42), 'dora': ('DoRA', 42), 'full': ('Full', None)}
@@ -51,7 +52,7 @@ def test_table_jobs_name_the_real_table1_configs(task):
         got_task, method, cp = key.split('/')
         assert got_task == task and job['with_cp'] == (cp == 'cp1')
         assert job['input_grad'] == (method == 'limit')
-        cfg = Config.fromfile(osp.join(REPO, job['config']))
+        cfg = Config.fromfile(job['config'])
         backbone = cfg.model.backbone
         assert backbone.arch == 'large'
         assert (backbone.adapter.type, backbone.adapter.get('rank')) == expected[method]

@@ -14,11 +14,11 @@ import argparse
 import os
 import os.path as osp
 
-DEFAULT_CONFIGS = [
-    'configs/flora/mask-rcnn/mask-rcnn_convnextv2-l-flora-r42_fpn_1x_coco.py',
-    'configs/flora/upernet/upernet_convnextv2-l-flora-r42_8xb2-160k_ade20k-512x512.py',
-    'configs/flora/oriented-rcnn/oriented-rcnn-le90_convnextv2-l-flora-r42_fpn_1x_dota.py',
-]
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+DEFAULT_CONFIGS = [osp.join(REPO, 'configs', 'flora', path) for path in (
+    'mask-rcnn/mask-rcnn_convnextv2-l-flora-r42_fpn_1x_coco.py',
+    'upernet/upernet_convnextv2-l-flora-r42_8xb2-160k_ade20k-512x512.py',
+    'oriented-rcnn/oriented-rcnn-le90_convnextv2-l-flora-r42_fpn_1x_dota.py')]
 
 
 def parse_args(argv=None) -> argparse.Namespace:

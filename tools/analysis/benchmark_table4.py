@@ -14,9 +14,12 @@ Examples:
         --out work_dirs/benchmarks/table4_cuda.json
 """
 import argparse
+import os.path as osp
 
 from flora_mm.analysis.table4 import METHODS, TASKS, format_table, run_table, summarize, \
     table_jobs
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='runs per job (fresh process each, order rotated per round)')
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--timeout', type=float, default=None, help='seconds per run')
-    parser.add_argument('--configs-root', default='configs')
+    parser.add_argument('--configs-root', default=osp.join(REPO, 'configs'))
     parser.add_argument('--out', default='work_dirs/benchmarks/table4.json')
     parser.add_argument('--report-only', action='store_true',
                         help='print the table of the results in --out, run nothing')

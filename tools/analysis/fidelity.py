@@ -17,7 +17,8 @@ import os
 import os.path as osp
 
 from flora_mm.analysis.fidelity import QUICK, SCALES, TASKS, Settings, run_experiment
-from flora_mm.analysis.fidelity.settings import REPO
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--root', default=osp.join(REPO, 'work_dirs', 'fidelity'),
                         help='holds the cached pre-training and generated data')
     parser.add_argument('--out', help='output folder (default <root>/<quick|full>)')
+    parser.add_argument('--configs', default=osp.join(REPO, 'configs'),
+                        help='configs root holding fidelity/*.py (default: the repository\'s)')
     parser.add_argument('--seeds', type=int, nargs='+')
     parser.add_argument('--tasks', nargs='+', choices=list(TASKS))
     parser.add_argument('--cells', nargs='+',
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = Settings(**overrides, sweep_scale=args.sweep_scale)
     out = args.out or osp.join(args.root, 'quick' if args.quick else 'full')
     jobs = args.jobs or (1 if args.quick else min(2, os.cpu_count() or 1))
-    return run_experiment(settings, args.root, out, jobs=jobs, threads=args.threads,
+    return run_experiment(settings, args.root, out, args.configs, jobs=jobs, threads=args.threads,
                           report_only=args.report_only,
                           log=lambda msg: print(msg, flush=True))
 

@@ -15,7 +15,7 @@ import torch
 from ..source_domain import pretrain_source
 from .cells import solve_budgets
 from .report import write_reports, write_text
-from .settings import REPO, TASKS, Settings
+from .settings import TASKS, Settings
 
 
 def prepare_data(root: str, settings: Settings) -> dict:
@@ -37,10 +37,11 @@ def prepare_data(root: str, settings: Settings) -> dict:
     return roots
 
 
-def load_task_config(task: str):
-    """The task's config as written (model, data pipeline, schedule)."""
+def load_task_config(task: str, configs: str):
+    """The task's config as written (model, data pipeline, schedule), from the configs root
+    ``configs`` (the repository's ``configs/``)."""
     from flora_mm.apis import load_config
-    return load_config(osp.join(REPO, TASKS[task].config))
+    return load_config(osp.join(configs, TASKS[task].config))
 
 
 def set_iters(cfg, iters: int) -> None:
@@ -55,7 +56,7 @@ def set_iters(cfg, iters: int) -> None:
 
 
 def build_config(task: str, data_root: str, adapter: dict, seed: int, settings: Settings,
-                 pretrained: str, work_dir: str):
+                 pretrained: str, work_dir: str, configs: str):
     """The task's config pointed at this run's data, weights and adapter.
 
     The schedule is the config's (``settings.iters`` / ``lr`` override it); validation is off
@@ -63,7 +64,7 @@ def build_config(task: str, data_root: str, adapter: dict, seed: int, settings: 
     logs the Fig. 4 quantities every ``settings.analysis_interval`` iterations.
     """
     from mmengine.config import ConfigDict
-    cfg = load_task_config(task)
+    cfg = load_task_config(task, configs)
     cfg.work_dir = work_dir
     cfg.model.backbone.pretrained = pretrained
     cfg.model.backbone.adapter = ConfigDict(adapter)
@@ -100,7 +101,7 @@ def relative_update(model: torch.nn.Module) -> float:
 
 
 def run_one(task: str, cell: str, seed: int, data_root: str, settings: Settings,
-            adapter: dict, run_key: str, pretrained: str, out: str,
+            adapter: dict, run_key: str, pretrained: str, out: str, configs: str,
             cache_only: bool = False) -> dict | None:
     """Train and test one (task, cell, seed); cached in its ``result.json``.
 
@@ -119,7 +120,7 @@ def run_one(task: str, cell: str, seed: int, data_root: str, settings: Settings,
     from flora_mm.adapters import count_adapter_params
     from flora_mm.analysis.metrics import model_stats
     from flora_mm.apis import build_runner
-    cfg = build_config(task, data_root, adapter, seed, settings, pretrained, work_dir)
+    cfg = build_config(task, data_root, adapter, seed, settings, pretrained, work_dir, configs)
     start = time.time()
     runner = build_runner(cfg)
     runner.train()
@@ -162,7 +163,7 @@ def execute(runs: list[dict], jobs: int, threads: int | None) -> Iterator[dict]:
             yield future.result()
 
 
-def run_experiment(settings: Settings, root: str, out: str, jobs: int = 1,
+def run_experiment(settings: Settings, root: str, out: str, configs: str, jobs: int = 1,
                    threads: int | None = None, report_only: bool = False,
                    log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the experiment and write its reports.
@@ -171,6 +172,7 @@ def run_experiment(settings: Settings, root: str, out: str, jobs: int = 1,
         settings: The experiment.
         root: Holds the cached source pre-training (``pretrain/``) and data (``data/``).
         out: Output folder: ``runs/<task>/<cell>/seed<k>/`` and the reports.
+        configs: The configs root holding the task configs (the repository's ``configs/``).
         jobs: Trainings at a time, each in its own process.
         threads: Torch threads per training (default: CPU cores / jobs).
         report_only: Only summarize the runs finished so far.
@@ -189,14 +191,14 @@ def run_experiment(settings: Settings, root: str, out: str, jobs: int = 1,
     data = prepare_data(osp.join(root, 'data'), settings)
     budgets = solve_budgets(settings.flora_ranks, settings.kernel_rank)
     log(f'budgets: {json.dumps(budgets)}')
-    configs = {task: load_task_config(task).pretty_text for task in settings.tasks}
+    config_texts = {task: load_task_config(task, configs).pretty_text for task in settings.tasks}
     runs = []
     for task, cell, seed in settings.run_order():
         adapter = cell.adapter(budgets, settings.kernel_rank, settings.flora_scale)
         runs.append(dict(task=task, cell=str(cell), seed=seed, data_root=data[task],
                          settings=settings, adapter=adapter,
-                         run_key=settings.run_key(configs[task], adapter, seed),
-                         pretrained=pretrained, out=out))
+                         run_key=settings.run_key(config_texts[task], adapter, seed),
+                         pretrained=pretrained, out=out, configs=configs))
     results = [r for r in (run_one(**run, cache_only=True) for run in runs) if r is not None]
     done = {(r['task'], r['cell'], r['seed']) for r in results}
     todo = [] if report_only else [

@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os.path as osp
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from ..source_domain import make_scene_coco, make_topdown_dota
 from .cells import Cell
-
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 
 @dataclass(frozen=True)
@@ -19,7 +16,7 @@ class Task:
     generator and reported metric."""
 
     title: str
-    config: str  # relative to the repository root
+    config: str  # relative to the configs root (the repository's ``configs/``)
     make_data: Callable[..., dict]  # (root, num_train=, num_val=, img_size=, seed=) -> summary
     metric_key: str  # the evaluator's key; reported x100
     metric_name: str
@@ -27,10 +24,10 @@ class Task:
 
 TASKS = {
     'scenes': Task('in-domain (front-view scenes, mmdet RetinaNet)',
-                   'configs/fidelity/retinanet_convnextv2-atto-flora_fpn_scenes-coco.py',
+                   'fidelity/retinanet_convnextv2-atto-flora_fpn_scenes-coco.py',
                    make_scene_coco, 'coco/bbox_mAP', 'box AP'),
     'topdown': Task('shifted (top-down, rotated; mmrotate Rotated RetinaNet)',
-                    'configs/fidelity/rotated-retinanet-le90_convnextv2-atto-flora_fpn_'
+                    'fidelity/rotated-retinanet-le90_convnextv2-atto-flora_fpn_'
                     'topdown-dota.py', make_topdown_dota, 'dota/mAP', 'mAP50'),
 }
 SCALES = (0.04, 0.4, 4.0)  # FLoRA's scale sweep (paper Fig. 5)
