@@ -17,7 +17,7 @@ import sys
 README_MAX_LINES = 250
 # Pages being written on other branches; links to them may dangle until they are merged.
 # The lead empties this list when they are.
-PENDING_PAGES = ('docs/compat.md', 'docs/gpu_check.md')
+PENDING_PAGES = ()
 
 LINK = re.compile(r'!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)')
 FENCE = re.compile(r'^\s*(```|~~~)')
