@@ -9,7 +9,7 @@ both, from the :class:`Cost` a method declares for one call.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -62,6 +62,76 @@ def call_size(layer: nn.Module, x: torch.Tensor) -> tuple[int, int, int]:
     p_in = batch * math.prod(in_spatial)
     p_out = batch * math.prod(geo.output_spatial(in_spatial, layer.kernel_size))
     return p_in, p_out, p_out * layer.weight.numel()
+
+
+def tucker_macs(core_shape: Sequence[int],
+                factor_shapes: Sequence[tuple[int, int] | None]) -> int:
+    """Multiply-accumulates of :func:`~flora_mm.adapters.tucker.tucker_to_tensor` (same mode
+    order: the most-shrinking factor first; a ``None`` factor leaves its mode untouched).
+
+    Args:
+        core_shape: ``(J_1, ..., J_N)``.
+        factor_shapes: ``(I_n, J_n)`` per mode, or None.
+
+    Returns:
+        The MAC count.
+    """
+    shape = list(core_shape)
+    order = sorted((n for n, f in enumerate(factor_shapes) if f is not None),
+                   key=lambda n: factor_shapes[n][0] / max(factor_shapes[n][1], 1))
+    total = 0
+    for n in order:
+        shape[n] = factor_shapes[n][0]
+        total += math.prod(shape) * factor_shapes[n][1]
+    return total
+
+
+class StepMacs(NamedTuple):
+    """An adapter layer's own work in one train step, beyond the limit's (see
+    :func:`adapter_step_macs`).
+
+    Attributes:
+        macs: Multiply-accumulates of the cheaper path.
+        path: ``'factorized'`` or ``'merged'``.
+        factorized: MACs of the factorized path (None without one).
+        merged: MACs of the merged path.
+    """
+
+    macs: int
+    path: str
+    factorized: int | None
+    merged: int
+
+
+def adapter_step_macs(layer: nn.Module, input_shape: Sequence[int]) -> StepMacs:
+    """What an adapter adds to a train step on an input of ``input_shape``, in MACs, on top
+    of the limit (the frozen base op's forward and its input gradient, which every method
+    computes).
+
+    Factorized: the branch's forward ``A`` (:meth:`forward_cost`) and its backward, input and
+    parameter gradients, ``2 A``: ``3 A``. Merged: the base op's weight gradient (the base
+    op's MACs again, the frozen base skips it) and the rebuild of ``W0 + delta`` with its
+    backward, ``3 R`` (``R``: :meth:`forward_cost`'s ``rebuild`` or the method's
+    ``rebuild_macs()``). Elementwise work counts one MAC per element, memory traffic nothing:
+    this is the arithmetic a method cannot avoid on its cheaper path, not a time model.
+
+    Args:
+        layer: An adapted layer.
+        input_shape: Shape of its input in the step (batch included).
+
+    Returns:
+        The :class:`StepMacs`.
+    """
+    x = torch.empty(tuple(input_shape), device='meta')
+    base = call_size(layer, x)[2]
+    if layer.has_factorized():
+        cost = layer.forward_cost(x)
+        factorized, merged = 3 * cost.adapter, cost.base + 3 * cost.rebuild
+    else:
+        factorized, merged = None, base + 3 * layer.rebuild_macs()
+    if factorized is not None and factorized < merged:
+        return StepMacs(factorized, 'factorized', factorized, merged)
+    return StepMacs(merged, 'merged', factorized, merged)
 
 
 def factorized_is_cheaper(cost: Cost, weight_numel: int, train: bool, x_grad: bool) -> bool:

@@ -196,6 +196,13 @@ class AdapterLayer(metaclass=abc.ABCMeta):
         """Work of one call on ``x`` in both forward modes (for ``forward_mode='auto'``)."""
         raise NotImplementedError(f'{self.adapter_type} has no factorized forward')
 
+    def rebuild_macs(self) -> int:
+        """Optional for a method without a factorized path: multiply-accumulates of one
+        rebuild of ``W0 + delta`` (the merged path), counted from the parameter shapes,
+        elementwise work one per element (the benchmarks' floor; a factorized method gives it
+        as :meth:`forward_cost`'s ``rebuild``)."""
+        raise NotImplementedError(f'{self.adapter_type} declares no rebuild cost')
+
     def update_rank(self) -> int:
         """Rank of the update's ``(out, rest)`` unfolding (Fig. 4 metrics); numerical by
         default, methods give their nominal rank."""

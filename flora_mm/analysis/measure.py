@@ -79,3 +79,24 @@ def write_json(path: str, data: dict) -> None:
             json.dump(data, f, indent=2)
 
     atomic_write(path, dump)
+
+
+def _conv_backward_flop(*args, **kwargs) -> int:
+    # aten.convolution_backward's shapes: ..., groups (9), output_mask (10); torch's formula
+    # skips the groups for the weight gradient, counting it ``groups`` times
+    from torch.utils import flop_counter
+    groups, mask = args[9], args[10]
+
+    def part(*only):
+        return flop_counter.conv_backward_flop.__wrapped__(*args[:10], only, **kwargs)
+    return part(mask[0], False, False) + part(False, mask[1], False) // groups
+
+
+def mac_counter():
+    """``torch.utils.flop_counter.FlopCounterMode`` counting grouped (depthwise) convs'
+    weight gradients right (torch 2.14 counts them ``groups`` times). It counts matmuls,
+    convs and attention, 2 FLOPs per multiply-accumulate, no elementwise op; its
+    ``get_total_flops() // 2`` are MACs, ``get_flop_counts()`` has them per module."""
+    import torch.utils.flop_counter as flop_counter
+    return flop_counter.FlopCounterMode(
+        display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})

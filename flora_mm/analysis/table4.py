@@ -18,11 +18,36 @@ the adapters' forward and activation gradients through every layer but no weight
 what any adapter method must at least compute. Jobs run one process at a time, in rounds with a
 rotated order so that drifts of a shared machine hit all methods alike, and every finished
 job is merged into the JSON at once, so an interrupted table resumes where it stopped.
+
+The floor of a method (:func:`summarize`) is the limit plus the method's own minimal work at
+the limit's rate::
+
+    floor_s = limit_s * (limit_macs + adapter_macs) / limit_macs
+            = limit_s + adapter_macs / (limit_macs / limit_s)
+
+* ``limit_s``: the limit's measured step time (median);
+* ``limit_macs``: the multiply-accumulates of one whole limit train step, counted by torch's
+  ``FlopCounterMode`` (:func:`~flora_mm.analysis.measure.mac_counter`) on an extra, untimed
+  step of the limit job: every matmul / conv of the backbone's forward and input gradients
+  and of the neck's and heads' forward, input and weight gradients. Elementwise work
+  (norms, activations, the optimizer), RoIAlign, NMS, sampling and the data preprocessor
+  are not MACs and not counted, but they are in ``limit_s``: ``limit_macs / limit_s`` is the
+  whole step's average MAC rate, not the peak rate of the big convs;
+* ``adapter_macs``: what the method's adapters add to that step, counted analytically per
+  adapted layer at the shapes the layer sees in the step
+  (:func:`flora_mm.adapters.cost.adapter_step_macs`: the cheaper of the factorized branch's
+  forward and backward, ``3 A``, and the merged path's weight gradient plus its rebuild and
+  the rebuild's backward, ``base + 3 R``; elementwise terms count one per element).
+
+``step_s / floor_s`` says how close an implementation gets to its own arithmetic: 1 would be
+adapters that cost exactly their MACs at the rate of the rest of the step (thin low-rank
+matmuls and weight-space rebuilds usually run slower per MAC than the backbone's big ops).
 """
 from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import os.path as osp
 import platform
@@ -67,6 +92,8 @@ METHODS = {
     'flora': ('flora', 'flora-r42'),
     'lora': ('baselines', 'lora-r42'),
     'dora': ('baselines', 'dora-r42'),
+    'loha': ('baselines', 'loha-r19'),
+    'lokr': ('baselines', 'lokr-r180'),
     'full': ('baselines', 'full'),
 }
 # The paper's Table 4 (ConvNeXt-V2-L, ~6.5% parameters): minutes per epoch, GPU GB.
@@ -87,8 +114,10 @@ def config_path(task: str, method: str, root: str) -> str:
 
 
 def table_jobs(tasks, methods, with_cp_values, *, root, device='cpu', amp=None,
-               batch_size=None, warmup=1, steps=2, threads=None) -> dict:
-    """The jobs of a table, keyed ``'<task>/<method>/cp<0|1>'`` (see :func:`run_job`)."""
+               batch_size=None, warmup=1, steps=2, threads=None, count_macs=False) -> dict:
+    """The jobs of a table, keyed ``'<task>/<method>/cp<0|1>'`` (see :func:`run_job`); the
+    limit's jobs always count the MACs of a step (the floor needs them), the others when
+    ``count_macs``."""
     jobs = {}
     for task in tasks:
         for cp in with_cp_values:
@@ -100,7 +129,7 @@ def table_jobs(tasks, methods, with_cp_values, *, root, device='cpu', amp=None,
                     batch_size=batch_size or (None if device.startswith('cuda')
                                               else TASKS[task].min_batch),
                     warmup=warmup, steps=steps,
-                    threads=threads)
+                    threads=threads, count_macs=count_macs or method == 'limit')
     return jobs
 
 
@@ -201,6 +230,47 @@ def _backbone_counts(model) -> dict:
             'model_trainable': sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
+def _record_shapes(backbone: nn.Module) -> tuple[dict, list]:
+    """Hooks recording the input and output shape of every conv / linear of the backbone on
+    its first call."""
+    shapes, handles = {}, []
+
+    def hook(name):
+        def record(module, args, output):
+            shapes.setdefault(name, (tuple(args[0].shape), tuple(output.shape)))
+        return record
+    for name, module in backbone.named_modules():
+        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            handles.append(module.register_forward_hook(hook(name)))
+    return shapes, handles
+
+
+def _macs(backbone: nn.Module, shapes: dict) -> dict:
+    """Forward MACs of the backbone's convs / linears and the adapters' own work in a train
+    step (:func:`flora_mm.adapters.cost.adapter_step_macs`), at the recorded shapes."""
+    from flora_mm.adapters import adapter_layers
+    from flora_mm.adapters.cost import adapter_step_macs
+    base = 0
+    for name, (_, out_shape) in shapes.items():
+        weight = backbone.get_submodule(name).weight
+        base += math.prod(out_shape) // out_shape[-1 if weight.dim() == 2 else 1] * weight.numel()
+    paths, adapter = {}, 0
+    for name, layer in adapter_layers(backbone).items():
+        step = adapter_step_macs(layer, shapes[name][0])
+        adapter += step.macs
+        paths[step.path] = paths.get(step.path, 0) + 1
+    return dict(backbone_forward_macs=base, adapter_macs=adapter, adapter_paths=paths)
+
+
+def _count_step(model, optim_wrapper, data) -> dict:
+    """MACs of one more train step (untimed), the whole model. (Not per module: torch's
+    module tracker attributes backward ops to the wrong modules.)"""
+    from .measure import mac_counter
+    with mac_counter() as counter:
+        model.train_step(copy.deepcopy(data), optim_wrapper)
+    return dict(step_macs=counter.get_total_flops() // 2)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
@@ -246,20 +316,28 @@ def prepare_job(job: dict) -> tuple:
 
 def run_job(job: dict) -> dict:
     """Run a job's iterations and measure them (see :func:`prepare_job` for the keys; also
-    ``warmup``, ``steps`` and ``threads``, None for torch's default).
+    ``warmup``, ``steps``, ``threads``, None for torch's default, and ``count_macs``: count
+    one more, untimed step's MACs).
 
     Returns:
         ``samples_s`` (step times after warm-up), ``step_s`` (their median), ``memory``
         (``before`` / ``peak`` / ``added`` bytes), ``losses`` (total loss per iteration),
-        parameter counts and the effective settings.
+        parameter counts, the effective settings, ``backbone_forward_macs`` (the backbone's
+        convs / linears at the shapes of the step), ``adapter_macs`` and ``adapter_paths``
+        (the adapters' own step work and how many layers take which path, see the module
+        docstring) and with ``count_macs`` ``step_macs`` (counted).
     """
     if job.get('threads'):
         torch.set_num_threads(job['threads'])
     device = torch.device(job.get('device', 'cpu'))
     model, optim_wrapper, data = prepare_job(job)
     samples, losses = [], []
+    shapes, hooks = _record_shapes(model.backbone)
     with peak_memory(device) as memory:
         for i in range(job.get('warmup', 1) + job.get('steps', 2)):
+            if i == 1:
+                for handle in hooks:
+                    handle.remove()
             batch = copy.deepcopy(data)  # the preprocessor pads masks in place
             _sync(device)
             start = time.perf_counter()
@@ -268,10 +346,12 @@ def run_job(job: dict) -> dict:
             if i >= job.get('warmup', 1):
                 samples.append(time.perf_counter() - start)
             losses.append(float(log_vars['loss']))
+    counted = _count_step(model, optim_wrapper, data) if job.get('count_macs') else {}
     return dict(samples_s=samples, step_s=statistics.median(samples), memory=memory,
                 losses=losses, batch_size=len(data['inputs']),
                 input_size=list(job['input_size']), threads=torch.get_num_threads(),
-                device=str(device), **_backbone_counts(model))
+                device=str(device), **_backbone_counts(model), **_macs(model.backbone, shapes),
+                **counted)
 
 
 def run_job_subprocess(job: dict, timeout: float | None = None) -> dict:
@@ -356,7 +436,10 @@ def summarize(runs: dict) -> dict:
             step_s=statistics.median(s for r in ok for s in r['samples_s']),
             mem_gib=statistics.median(r['memory']['added'] for r in ok) / 2**30,
             runs=len(ok), backbone_trainable=ok[0]['backbone_trainable'],
-            adapter_params=ok[0]['adapter_params'])
+            adapter_params=ok[0]['adapter_params'],
+            backbone_forward_macs=ok[0].get('backbone_forward_macs'),
+            adapter_macs=ok[0].get('adapter_macs'),
+            step_macs=next((r['step_macs'] for r in ok if 'step_macs' in r), None))
     summary = {}
     for cell, methods in cells.items():
         entry = {'methods': methods, 'ratios': {}, 'targets': {}}
@@ -369,6 +452,7 @@ def summarize(runs: dict) -> dict:
                 entry['ratios'][method][f'mem_vs_{ref}'] = (
                     values['mem_gib'] / methods[ref]['mem_gib'] if methods[ref]['mem_gib']
                     else None)
+        _floors(methods, entry['ratios'])
         flora = entry['ratios'].get('flora', {})
         for ref, limit in TARGETS.items():
             for quantity in ('step', 'mem'):
@@ -380,6 +464,24 @@ def summarize(runs: dict) -> dict:
     return summary
 
 
+def _floors(methods: dict, ratios: dict) -> None:
+    """Add ``floor_s`` to the limit and every adapter method, ``step_vs_floor`` and the
+    adapters' MACs relative to the limit step's (see the module docstring)."""
+    limit = methods.get('limit', {})
+    if not limit.get('step_macs'):
+        return
+    for method, values in methods.items():
+        if method != 'limit' and not values.get('adapter_params'):
+            continue  # frozen / full: not an adapter, no floor
+        extra = values.get('adapter_macs') or 0
+        values['floor_s'] = limit['step_s'] * (limit['step_macs'] + extra) / limit['step_macs']
+        ratios.setdefault(method, {})['step_vs_floor'] = values['step_s'] / values['floor_s']
+        ratios[method]['adapter_macs_vs_limit'] = extra / limit['step_macs']
+        if limit.get('backbone_forward_macs'):  # the limit's backbone: forward + input grads
+            ratios[method]['adapter_macs_vs_limit_backbone'] = (
+                extra / (2 * limit['backbone_forward_macs']))
+
+
 def format_table(summary: dict, methods=tuple(METHODS)) -> str:
     """A markdown table per task / ``with_cp`` cell, with the paper's ratios beside ours."""
     lines = []
@@ -387,9 +489,10 @@ def format_table(summary: dict, methods=tuple(METHODS)) -> str:
         task, cp = cell.split('/')
         entry = summary[cell]
         lines += [f'\n**{task}, with_cp={cp == "cp1"}**\n',
-                  '| method | backbone trainable | step (s) | / LoRA | / limit | peak added '
-                  '(GiB) | / LoRA | / limit | paper time / LoRA | paper GPU / LoRA |',
-                  '|---|---|---|---|---|---|---|---|---|---|']
+                  '| method | backbone trainable | step (s) | / LoRA | / limit | floor (s) | '
+                  '/ floor | peak added (GiB) | / LoRA | / limit | paper time / LoRA | '
+                  'paper GPU / LoRA |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|---|']
         paper = PAPER_TABLE4.get(task, {})
         for method in methods:
             values = entry['methods'].get(method)
@@ -401,14 +504,29 @@ def format_table(summary: dict, methods=tuple(METHODS)) -> str:
             mem = [_num(ratios.get(k)) for k in ('mem_vs_lora', 'mem_vs_limit')]
             paper_cols = ([_num(paper[method][0] / ref[0]), _num(paper[method][1] / ref[1])]
                           if method in paper and ref else ['-', '-'])
+            floor = values.get('floor_s')
+            floor_cols = ['-', '-'] if floor is None else [f'{floor:.2f}',
+                                                          _num(ratios['step_vs_floor'])]
             lines.append(f'| {method} | {values["backbone_trainable"]:,} | '
                          f'{values["step_s"]:.2f} | {ours[0]} | {ours[1]} | '
+                         f'{floor_cols[0]} | {floor_cols[1]} | '
                          f'{values["mem_gib"]:.2f} | {mem[0]} | {mem[1]} | '
                          f'{paper_cols[0]} | {paper_cols[1]} |')
         verdicts = [f'{k} {v["value"]:.3f} (<= {v["target"]:.2f}: {"met" if v["met"] else "MISSED"})'
                     for k, v in entry['targets'].items()]
         if verdicts:
             lines.append('\nTargets: ' + '; '.join(verdicts))
+        limit = entry['methods'].get('limit', {})
+        if limit.get('step_macs'):
+            shares = []
+            for method in methods:
+                ratios = entry['ratios'].get(method, {})
+                if method != 'limit' and 'adapter_macs_vs_limit' in ratios:
+                    shares.append(f'{method} {100 * ratios["adapter_macs_vs_limit"]:.1f}% ('
+                                  f'{100 * ratios.get("adapter_macs_vs_limit_backbone", 0):.1f}%)')
+            lines.append(f'\nLimit step: {limit["step_macs"] / 1e9:.1f} GMACs counted; adapter '
+                         'MACs vs the limit step (vs its backbone, forward + input gradients): '
+                         + ', '.join(shares))
     return '\n'.join(lines)
 
 

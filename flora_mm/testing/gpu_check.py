@@ -257,7 +257,8 @@ def default_stages(root: str, out: str, data: str) -> list[Stage]:
     profile = osp.join(out, 'layer_profile_coco_cuda.json')
     stages.append(Stage(
         'profile', [py, 'tools/analysis/profile_adapter_layers.py',
-                    f"FLoRA={config_path('coco', 'flora')}", f"LoRA={config_path('coco', 'lora')}",
+                    f"FLoRA={config_path('coco', 'flora', 'configs')}",
+                    f"LoRA={config_path('coco', 'lora', 'configs')}",
                     '--input-size', 800, 1333, '--batch-size', 2, '--device', 'cuda',
                     '--amp', 'float16', '--out', profile], 300, profile_check(profile)))
     table = osp.join(out, 'table4_ade20k_cuda.json')

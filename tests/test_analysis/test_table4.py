@@ -13,7 +13,7 @@ import timm
 import torch
 from mmengine.config import Config
 
-from flora_mm.adapters import count_adapter_params
+from flora_mm.adapters import adapter_layers, count_adapter_params
 from flora_mm.analysis import table4
 from flora_mm.models import FLoRAConvNeXtV2
 
@@ -30,6 +30,8 @@ ADAPTERS = {
                   targets=TARGETS),
     'lora': dict(_delete_=True, type='LoRA', rank=3, alpha=3, targets=TARGETS),
     'dora': dict(_delete_=True, type='DoRA', rank=3, alpha=3, targets=TARGETS),
+    'loha': dict(_delete_=True, type='LoHa', rank=3, use_effective_conv2d=True,
+                 targets=TARGETS),
 }
 
 
@@ -47,7 +49,8 @@ def test_table_jobs_name_the_real_table1_configs(task):
                              root=osp.join(REPO, 'configs'))
     assert len(jobs) == 2 * len(table4.METHODS)
     expected = {'frozen': ('Frozen', None), 'limit': ('Frozen', None), 'flora': ('FLoRA', 42),
-                'lora': ('LoRA', 42), 'dora': ('DoRA', 42), 'full': ('Full', None)}
+                'lora': ('LoRA', 42), 'dora': ('DoRA', 42), 'loha': ('LoHa', 19),
+                'lokr': ('LoKr', 180), 'full': ('Full', None)}
     for key, job in jobs.items():
         got_task, method, cp = key.split('/')
         assert got_task == task and job['with_cp'] == (cp == 'cp1')
@@ -57,6 +60,7 @@ def test_table_jobs_name_the_real_table1_configs(task):
         assert backbone.arch == 'large'
         assert (backbone.adapter.type, backbone.adapter.get('rank')) == expected[method]
         assert tuple(job['input_size']) == table4.TASKS[task].input_size
+        assert job['count_macs'] == (method == 'limit')  # the floor needs the limit's count
 
 
 def _independent_count(method):
@@ -247,3 +251,37 @@ def test_run_table_records_failures(tmp_path):
     assert 'error' in report['runs']['tiny/flora/cp0'][0]
     assert 'missing.py' in report['runs']['tiny/flora/cp0'][0]['error']
     assert report['summary'] == {}
+
+
+def test_floor_from_counted_limit_and_analytic_adapter_macs():
+    """The floor: the limit's counted step MACs and time, the adapters' analytic MACs; the
+    analytic count agrees with FlopCounterMode's count of a whole LoHa step (UperNet: the
+    heads' work does not depend on the backbone's weights, so the steps differ only there)."""
+    size = (128, 128)  # the tiny config pads to its 128 x 128 crop: no padding to guess
+    runs = {m: table4.run_job(dict(_job(SEG, m, size), count_macs=True))
+            for m in ('limit', 'loha')}
+    limit, loha = runs['limit'], runs['loha']
+    # the limit: the backbone's convs / linears forward and input gradients, plus the heads
+    assert limit['step_macs'] > 2 * limit['backbone_forward_macs'] > 0
+    assert limit['adapter_macs'] == 0
+    # LoHa runs merged everywhere: per layer the weight gradient (its forward MACs) plus
+    # 3x the rebuild; FlopCounterMode sees no elementwise work (3 terms per weight element,
+    # x3) and the LoHa step has no input gradient at the stem (the limit's input has one)
+    model, _, _ = table4.prepare_job(_job(SEG, 'loha', size))
+    layers = adapter_layers(model.backbone)
+    assert loha['adapter_paths'] == {'merged': len(layers)}
+    elementwise = 9 * sum(layer.weight.numel() for layer in layers.values())
+    stem = layers['stem.0']
+    stem_macs = 2 * (size[0] // 4) * (size[1] // 4) * stem.weight.numel()  # batch 2
+    counted = loha['step_macs'] - limit['step_macs'] + stem_macs
+    assert loha['adapter_macs'] == counted + elementwise
+    # the floor: the limit's time scaled by the MACs
+    cell = table4.summarize({f'tiny/{m}/cp0': [r] for m, r in runs.items()})['tiny/cp0']
+    for method, run in runs.items():
+        floor = limit['step_s'] * (1 + run['adapter_macs'] / limit['step_macs'])
+        assert cell['methods'][method]['floor_s'] == pytest.approx(floor)
+        assert cell['ratios'][method]['step_vs_floor'] == pytest.approx(run['step_s'] / floor)
+    assert cell['ratios']['loha']['adapter_macs_vs_limit_backbone'] == pytest.approx(
+        loha['adapter_macs'] / (2 * limit['backbone_forward_macs']))
+    text = table4.format_table({'tiny/cp0': cell})
+    assert '/ floor' in text and 'GMACs counted' in text

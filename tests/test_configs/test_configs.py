@@ -2,7 +2,7 @@
 (lazily, no files needed), optimizer; and each method trains exactly what it should.
 
 Trainable parameters must be: the adapter parameters reported by ``count_adapter_params`` (and
-re-derived from the weight shapes with ``layer_param_count``) for FLoRA / LoRA / DoRA, the
+re-derived from the weight shapes with ``layer_param_count``) for the adapter methods, the
 backbone biases for BitFit, the whole backbone for full fine-tuning, nothing of the backbone
 for the frozen base; plus, always, the backbone's output norms and every parameter of the
 neck and heads. The neck / decode head receive normalized features; the frozen base runs
@@ -21,8 +21,8 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DATASETS, MODELS, init_default_scope
 
 import flora_mm  # noqa: F401  (registers flora_mm's modules, compat fixes)
-from flora_mm.adapters import adapter_layers, count_adapter_params, layer_param_count, \
-    parse_adapter_cfg, select_layers
+from flora_mm.adapters import adapter_layers, adapter_method, count_adapter_params, \
+    layer_param_count, parse_adapter_cfg, select_layers
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = sorted(
@@ -73,7 +73,7 @@ def _output_norm_params(backbone: torch.nn.Module) -> dict:
 def _expected_backbone_trainable(backbone: torch.nn.Module, adapter: dict) -> int:
     method = adapter['type'] if adapter else 'Full'
     norms = sum(p.numel() for p in _output_norm_params(backbone).values())
-    if method in ('FLoRA', 'LoRA', 'DoRA'):
+    if method not in ('BitFit', 'Full', 'Frozen'):
         counts = count_adapter_params(backbone)
         targets = adapter.get('targets') or PAPER_LAYERS
         layers = [n for n, m in backbone.named_modules()
@@ -82,9 +82,10 @@ def _expected_backbone_trainable(backbone: torch.nn.Module, adapter: dict) -> in
         # every conv / linear of ConvNeXt-V2 is targeted: stem, 3 downsamples, 3 per block
         assert sorted(counts['per_layer']) == sorted(layers)
         assert len(layers) == 1 + 3 + 3 * sum(backbone.depths)
+        options = {k: v for k, v in adapter.items() if k in adapter_method(method).adapter_keys}
         analytic = sum(
             layer_param_count(tuple(backbone.get_submodule(n).weight.shape), method,
-                              adapter['rank'], adapter.get('kernel_rank', 1)) for n in layers)
+                              adapter['rank'], **options) for n in layers)
         assert counts['total'] == analytic
         return counts['total'] + norms
     if method == 'BitFit':

@@ -1,4 +1,5 @@
-"""Train-step time, peak memory and merged-inference latency of FLoRA vs LoRA / DoRA / full FT.
+"""Train-step time, peak memory and merged-inference latency of FLoRA vs LoRA / DoRA / LoHa /
+LoKr / full FT.
 
 For each timm ConvNeXt-V2 architecture, every method adapts the same layers (all convs and
 linears under ``stages``) and trains the classification head, as in a dense-prediction
@@ -6,7 +7,9 @@ fine-tune where the task head is always trained:
 
 * ``frozen``: no adapters, frozen backbone (only the head trains) - the floor;
 * ``flora_auto`` / ``flora_factorized`` / ``flora_merged``: FLoRA with each forward mode;
-* ``lora`` / ``dora``: ranks solved (``solve_rank``) to FLoRA's adapter parameter count;
+* ``lora`` / ``dora`` / ``loha`` / ``lokr``: ranks solved (``solve_rank``) to FLoRA's adapter
+  parameter count; LoHa and LoKr with the options of their Table-1 rows (LoHa
+  ``use_effective_conv2d``, LoKr ``decompose_factor=4``); both run merged (no factorized path);
 * ``full``: every parameter trains.
 
 Time: one train step (zero_grad + forward + cross-entropy + backward + AdamW step), methods
@@ -45,7 +48,12 @@ from flora_mm.adapters import adapter_layers, atomic_write, count_adapter_params
     inject_adapters, merge_adapters, solve_rank
 from flora_mm.analysis.measure import median_ms, peak_memory, rotated, write_json
 
-METHODS = ('frozen', 'flora_auto', 'flora_factorized', 'flora_merged', 'lora', 'dora', 'full')
+METHODS = ('frozen', 'flora_auto', 'flora_factorized', 'flora_merged', 'lora', 'dora', 'loha',
+           'lokr', 'full')
+# methods at FLoRA's parameter count: their adapter config without the rank
+SOLVED = {'lora': {'type': 'LoRA'}, 'dora': {'type': 'DoRA'},
+          'loha': {'type': 'LoHa', 'use_effective_conv2d': True},
+          'lokr': {'type': 'LoKr', 'decompose_factor': 4}}
 TARGETS = [r'stages\..*']
 HEAD = ['head']
 NUM_CLASSES = 100
@@ -86,9 +94,8 @@ def adapter_cfg(method: str, ranks: dict) -> dict | None:
     if method.startswith('flora'):
         return {'type': 'FLoRA', 'rank': ranks['flora'], 'kernel_rank': ranks['kernel'],
                 'targets': TARGETS, 'forward_mode': method.split('_')[1]}
-    if method in ('lora', 'dora'):
-        return {'type': {'lora': 'LoRA', 'dora': 'DoRA'}[method], 'rank': ranks[method],
-                'targets': TARGETS}
+    if method in SOLVED:
+        return {**SOLVED[method], 'rank': ranks[method], 'targets': TARGETS}
     return None
 
 
@@ -121,16 +128,17 @@ def batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def solve_ranks(arch: str, args: argparse.Namespace) -> tuple[dict, dict]:
-    """FLoRA ranks from the CLI, LoRA / DoRA ranks at FLoRA's adapter parameter count."""
+    """FLoRA ranks from the CLI, the other adapters' ranks at FLoRA's parameter count."""
     ranks = {'flora': args.rank, 'kernel': args.kernel_rank}
     probe = create_model(arch)
     inject_adapters(probe, adapter_cfg('flora_auto', ranks))
     budget = count_adapter_params(probe)['total']
     plain = create_model(arch)
-    ranks['lora'] = solve_rank(plain, {'type': 'LoRA', 'targets': TARGETS}, budget)
-    ranks['dora'] = solve_rank(plain, {'type': 'DoRA', 'targets': TARGETS}, budget)
+    solved = [m for m in SOLVED if m in args.methods]
+    for method in solved:
+        ranks[method] = solve_rank(plain, {**SOLVED[method], 'targets': TARGETS}, budget)
     counts = {'flora': budget}
-    for method in ('lora', 'dora'):
+    for method in solved:
         model = create_model(arch)
         inject_adapters(model, adapter_cfg(method, ranks))
         counts[method] = count_adapter_params(model)['total']

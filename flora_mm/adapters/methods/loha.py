@@ -7,6 +7,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from ..cost import tucker_macs
 from ..layers import ALPHA, AdapterLayer, Option, boolean, unfolded_size
 from ..registry import register_adapter
 from ..tucker import tucker_to_tensor
@@ -83,3 +84,15 @@ class LoHaLayer(AdapterLayer):
 
     def compute_delta_weight(self) -> torch.Tensor:
         return self.adapter_scale * self._factor(1) * self._factor(2)
+
+    def rebuild_macs(self) -> int:
+        out, rest = unfolded_size(self.weight.shape)
+        numel = self.weight.numel()
+        if hasattr(self, 'hada_t1'):
+            core = self.hada_t1.shape
+            factor = tucker_macs(core, [tuple(self.hada_w1_a.shape[::-1]),
+                                        tuple(self.hada_w1_b.shape[::-1]),
+                                        *[None] * (len(core) - 2)])
+        else:
+            factor = out * self.adapter_rank * rest
+        return 2 * factor + 3 * numel  # two factors; Hadamard product, scale, + W0

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from ..cost import tucker_macs
 from ..layers import ALPHA, AdapterLayer, Option, boolean, unfolded_size
 from ..registry import register_adapter
 from ..tucker import tucker_to_tensor
@@ -142,6 +143,19 @@ class LoKrLayer(AdapterLayer):
         w1, w2 = self._w1(), self._w2().contiguous()  # kron views its inputs
         w1 = w1.reshape(*w1.shape, *[1] * (w2.dim() - 2))  # W1 is constant over the kernel
         return self.adapter_scale * torch.kron(w1, w2)
+
+    def rebuild_macs(self) -> int:
+        macs = 3 * self.weight.numel()  # Kronecker product, scale, + W0
+        if hasattr(self, 'lokr_w1_a'):
+            macs += self.lokr_w1_a.shape[0] * math.prod(self.lokr_w1_b.shape)
+        if hasattr(self, 'lokr_t2'):
+            core = self.lokr_t2.shape
+            macs += tucker_macs(core, [tuple(self.lokr_w2_a.shape[::-1]),
+                                       tuple(self.lokr_w2_b.shape[::-1]),
+                                       *[None] * (len(core) - 2)])
+        elif hasattr(self, 'lokr_w2_a'):
+            macs += self.lokr_w2_a.shape[0] * math.prod(self.lokr_w2_b.shape)
+        return macs
 
     def update_rank(self) -> int:
         # The unfolding of kron(W1, W2) is kron(W1, unfold(W2)): the ranks multiply.
