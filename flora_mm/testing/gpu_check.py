@@ -153,7 +153,8 @@ def loss_trend(work_dir: str, iters: int = ITERS, window: int = 5) -> dict:
         (the largest ``memory`` logged: mmengine logs it on CUDA only; None elsewhere) and
         ``s_per_iter`` (median ``time``).
     """
-    (scalars, ) = glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json'))
+    # the last run's log, when the work directory holds several
+    scalars = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))[-1]
     rows = []
     with open(scalars) as f:
         for line in f:

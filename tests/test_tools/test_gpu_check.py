@@ -95,10 +95,10 @@ def test_junit_summary_of_a_real_pytest_run(tmp_path):
     assert '- skipped (1): needs mmcv CUDA ops' in text
 
 
-def _scalars(work_dir, losses, memory=True):
+def _scalars(work_dir, losses, memory=True, stamp='20260101_000000'):
     """A training log in mmengine's layout: <timestamp>/vis_data/scalars.json, one JSON line
     per logged iteration (plus a validation line without a loss)."""
-    path = osp.join(work_dir, '20260101_000000', 'vis_data')
+    path = osp.join(work_dir, stamp, 'vis_data')
     os.makedirs(path)
     with open(osp.join(path, 'scalars.json'), 'w') as f:
         for step, loss in reversed(list(enumerate(losses, 1))):  # order is not relied on
@@ -112,6 +112,7 @@ def _scalars(work_dir, losses, memory=True):
 def test_loss_trend_reads_mmengine_scalars(tmp_path):
     losses = [3.0, 2.0, 2.5, 2.0, 1.5] + [1.0] * 10 + [0.5, 1.0, 0.5, 1.0, 0.5]
     _scalars(str(tmp_path / 'a'), losses)
+    _scalars(str(tmp_path / 'a'), [9.0], stamp='20251231_235959')  # an earlier run's log
     trend = gpu_check.loss_trend(str(tmp_path / 'a'))
     assert trend['losses'] == losses
     assert trend['first'] == pytest.approx(2.2) and trend['last'] == pytest.approx(0.7)
