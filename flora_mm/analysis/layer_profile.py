@@ -321,8 +321,7 @@ def profile_configs(configs: dict, input_size, batch_size: int = 1, repeats: int
         ``{'methods': label -> method, 'rows': profile_groups rows, 'totals': totals,
         'backbone_steps': label -> whole-backbone step times (s), 'limit' first}``.
     """
-    from flora_mm.apis import load_config
-    from flora_mm.apis.merge import build_model
+    from flora_mm.apis import build_model, load_config
     methods, backbones = {}, {}
     for label, path in [('limit', next(iter(configs.values())))] + list(configs.items()):
         cfg = load_config(path, cfg_options=cfg_options)

@@ -291,8 +291,7 @@ def prepare_job(job: dict) -> tuple:
     """
     from mmengine.optim import build_optim_wrapper
 
-    from flora_mm.apis import enable_amp, load_config
-    from flora_mm.apis.merge import build_model
+    from flora_mm.apis import build_model, enable_amp, load_config
     device = torch.device(job.get('device', 'cpu'))
     cfg = load_config(job['config'], cfg_options=job.get('cfg_options'))
     cfg.model.backbone.pretrained = None  # random weights time the same

@@ -1,6 +1,7 @@
 """What ``tools/train.py`` / ``tools/test.py`` do besides building the runner.
 
-* register the modules of the package named by the config's ``default_scope``;
+* register the modules of the package named by the config's ``default_scope`` (and build
+  the config's model in it);
 * on machines without CUDA, make distributed launches work: initialise a gloo process group
   before the runner is built (mmengine's ``init_dist`` calls ``torch.cuda.set_device``; the
   runner skips it when a group exists), set ``env_cfg.dist_cfg.backend='gloo'`` and wrap the
@@ -19,7 +20,8 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
-from mmengine.config import Config
+import torch.nn as nn
+from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 
 from flora_mm.stack import require
@@ -46,6 +48,23 @@ def register_task_modules(cfg: Config) -> None:
     for package in packages:
         utils = importlib.import_module(f'{package}.utils')
         utils.register_all_modules(init_default_scope=False)
+
+
+def build_model(cfg: Config, model_cfg: Optional[ConfigDict] = None) -> nn.Module:
+    """Build ``cfg.model`` (or ``model_cfg``, e.g. ``cfg.model.backbone``) in the config's
+    default scope, with its package's modules registered, on CPU.
+
+    Args:
+        cfg: The config; its ``default_scope`` picks the registry (mmdet when absent).
+        model_cfg: What to build instead of ``cfg.model``; not modified.
+
+    Returns:
+        The model (weights as initialised at construction; ``init_weights`` not called).
+    """
+    from mmengine.registry import MODELS, init_default_scope
+    register_task_modules(cfg)
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    return MODELS.build(copy.deepcopy(model_cfg if model_cfg is not None else cfg.model))
 
 
 def _dist_env(launcher: str) -> dict:

@@ -4,12 +4,11 @@ import os
 from typing import Optional
 
 import torch
-import torch.nn as nn
-from mmengine.config import Config, ConfigDict
+from mmengine.config import ConfigDict
 
 from flora_mm.adapters import adapt_model, atomic_write, count_adapter_params, merge_adapters
 from flora_mm.engine.checkpoint import complete_checkpoint, key_diff
-from .launch import load_config, register_task_modules
+from .launch import build_model, load_config
 
 HOOK_TYPES = ('FLoRAHook', 'flora_mm.FLoRAHook')
 
@@ -41,14 +40,6 @@ def plain_model_cfg(model_cfg: ConfigDict) -> ConfigDict:
     model_cfg = copy.deepcopy(model_cfg)
     strip(model_cfg)
     return model_cfg
-
-
-def build_model(cfg: Config, model_cfg: Optional[ConfigDict] = None) -> nn.Module:
-    """Build ``cfg.model`` (or ``model_cfg``) in the config's default scope, on CPU."""
-    from mmengine.registry import MODELS, init_default_scope
-    register_task_modules(cfg)
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
-    return MODELS.build(copy.deepcopy(model_cfg if model_cfg is not None else cfg.model))
 
 
 def merge_checkpoint(config: str, checkpoint: str, out: str,

@@ -16,7 +16,7 @@ import torch.nn as nn
 from mmengine.config import Config
 
 from .inference import build_inferencer, run_inferencer
-from .launch import load_config, register_task_modules
+from .launch import build_model, load_config
 
 # Backbone settings that do not change the eval-mode network (may differ between tasks).
 TRAIN_ONLY_KEYS = ('drop_path_rate', 'with_cp', 'init_cfg')
@@ -84,17 +84,13 @@ class MultiTaskModel:
             ValueError: Duplicate name, a backbone config that differs from the first task's
                 (the differing keys are named), a checkpoint with other frozen weights.
         """
-        from mmengine.registry import MODELS, init_default_scope
-
         from flora_mm.engine.checkpoint import frozen_state_keys
         if name in self._tasks:
             raise ValueError(f'task {name!r} exists already')
         cfg = load_config(config, cfg_options=cfg_options) if isinstance(config, str) else config
-        register_task_modules(cfg)
         signature = _backbone_signature(cfg)
         if self.backbone is None:
-            init_default_scope(cfg.get('default_scope', 'mmdet'))
-            self.backbone = MODELS.build(copy.deepcopy(cfg.model.backbone)).to(self.device)
+            self.backbone = build_model(cfg, cfg.model.backbone).to(self.device)
             self._signature, self._first_config = signature, config
             self._task_keys = [k for k in self.backbone.state_dict()
                                if k not in set(frozen_state_keys(self.backbone))]
@@ -111,8 +107,7 @@ class MultiTaskModel:
         model_cfg = copy.deepcopy(cfg.model)
         model_cfg.backbone = dict(type='flora_mm.FLoRAConvNeXtV2', arch='atto',
                                   out_indices=self.backbone.out_indices)
-        init_default_scope(cfg.get('default_scope', 'mmdet'))
-        model = MODELS.build(model_cfg)
+        model = build_model(cfg, model_cfg)
         model.backbone = self.backbone
         self.active = None  # loading the checkpoint writes this task's tensors
         inferencer = build_inferencer(cfg, checkpoint, self.device, built_model=model)

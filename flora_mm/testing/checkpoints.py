@@ -4,8 +4,7 @@ The model of a config is built with its pretrained backbone, every trainable bac
 (adapter cores and factors, ``trainable`` norms) is moved off its initial value and the heads
 keep their fresh initialisation, so the adapters really change the output. Saved as the runner
 saves (``meta.dataset_meta``, ``state_dict``), in full or adapter-only form
-(:func:`flora_mm.engine.hooks.strip_frozen`, what ``FLoRAHook(adapter_only_checkpoint=True)``
-writes).
+(:func:`flora_mm.engine.checkpoint.strip_frozen`, what ``AdapterCheckpointHook`` writes).
 """
 import copy
 from typing import Optional
@@ -25,16 +24,14 @@ def make_checkpoint(config, path: str, cfg_options: Optional[dict] = None,
         seed: Seeds the heads' initialisation and the adapter perturbation.
         std: Standard deviation of the Gaussian added to each trainable backbone tensor.
     """
-    from mmengine.registry import DATASETS, MODELS, init_default_scope
+    from mmengine.registry import DATASETS
 
     from flora_mm.adapters import atomic_write
-    from flora_mm.apis.launch import load_config, register_task_modules
+    from flora_mm.apis.launch import build_model, load_config
     from flora_mm.engine.checkpoint import strip_frozen
     cfg = load_config(config, cfg_options=cfg_options) if isinstance(config, str) else config
-    register_task_modules(cfg)
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
     torch.manual_seed(seed)
-    model = MODELS.build(copy.deepcopy(cfg.model))
+    model = build_model(cfg)
     model.init_weights()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

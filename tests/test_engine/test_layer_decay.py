@@ -4,7 +4,7 @@ import torch.nn as nn
 from mmengine.optim import build_optim_wrapper
 
 import flora_mm  # noqa: F401
-from flora_mm.engine.optimizers import (get_layer_id_for_timm_convnext, infer_depths,
+from flora_mm.engine.optimizers import (get_layer_id_for_convnext_or_vit, infer_depths,
                                         num_layer_ids)
 from flora_mm.models import FLoRAConvNeXtV2
 
@@ -26,7 +26,7 @@ ATTO = (2, 2, 6, 2)
     (None, 13),
 ])
 def test_layer_wise_ids(name, expected):
-    assert get_layer_id_for_timm_convnext(name, ATTO, 'layer_wise') == expected
+    assert get_layer_id_for_convnext_or_vit(name, ATTO, 'layer_wise') == expected
     assert num_layer_ids(ATTO, 'layer_wise') == 14
 
 
@@ -35,7 +35,7 @@ def test_layer_wise_ids(name, expected):
     ('stages.1.downsample.1.weight', 2), ('stages.2.blocks.5.norm.weight', 3),
     ('stages.3.blocks.0.conv_dw.weight', 4), (None, 5)])
 def test_stage_wise_ids(name, expected):
-    assert get_layer_id_for_timm_convnext(name, ATTO, 'stage_wise') == expected
+    assert get_layer_id_for_convnext_or_vit(name, ATTO, 'stage_wise') == expected
 
 
 def test_infer_depths_and_errors():
@@ -44,7 +44,7 @@ def test_infer_depths_and_errors():
     with pytest.raises(ValueError, match='backbone_prefix'):
         infer_depths(['neck.conv.weight'])
     with pytest.raises(ValueError, match='decay_type'):
-        get_layer_id_for_timm_convnext('stem.0.weight', ATTO, 'block_wise')
+        get_layer_id_for_convnext_or_vit('stem.0.weight', ATTO, 'block_wise')
 
 
 class Detector(nn.Module):

@@ -139,8 +139,8 @@ def test_test_time_adapter_only_matches_full_checkpoint(seg_runs, tmp_path):
 def test_merge_adapters_tool(seg_runs, tmp_path, capsys):
     import importlib.util
 
-    from flora_mm.apis.launch import load_config
-    from flora_mm.apis.merge import build_model, plain_model_cfg
+    from flora_mm.apis import build_model, load_config
+    from flora_mm.apis.merge import plain_model_cfg
     spec = importlib.util.spec_from_file_location(
         'merge_adapters', osp.join(osp.dirname(osp.dirname(osp.dirname(__file__))), 'tools',
                                    'model_converters', 'merge_adapters.py'))

@@ -70,8 +70,7 @@ def test_mmrotate_confusion_matrix_fails_as_documented(rotated_run, tmp_path):
 
 
 def _params(config, pretrained, trainable_only):
-    from flora_mm.apis import load_config
-    from flora_mm.apis.merge import build_model
+    from flora_mm.apis import build_model, load_config
     cfg = load_config(config, cfg_options={'model.backbone.pretrained': pretrained['atto']})
     model = build_model(cfg)
     if getattr(model, 'auxiliary_head', None) is not None and not trainable_only:

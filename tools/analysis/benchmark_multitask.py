@@ -2,7 +2,7 @@
 
 Fine-tuned checkpoints (adapter-only, as FLoRAHook writes them) are made for each task config
 from the same pretrained backbone, with randomly perturbed adapters
-(flora_mm.testing.make_checkpoint); then flora_mm.analysis.multitask_benchmark loads all
+(flora_mm.testing.checkpoints.make_checkpoint); then flora_mm.analysis.multitask_benchmark loads all
 tasks once as a MultiTaskModel and once as separate models, each in a fresh process.
 
     python tools/analysis/benchmark_multitask.py                     # Table-1 configs, ConvNeXt-V2-L

@@ -5,10 +5,10 @@ from typing import Optional, Sequence
 
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 
 from flora_mm.analysis.metrics import DEFAULT_STAGE_PATTERNS, model_stats
 from flora_mm.registry import HOOKS
+from .utils import unwrap_model
 
 SCALAR_PREFIX = 'adapter'
 
@@ -57,7 +57,7 @@ class AdapterAnalysisHook(Hook):
             self._log(runner, runner.iter + 1)
 
     def _log(self, runner, step: int) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = unwrap_model(runner.model)
         stats = model_stats(model, self.stage_patterns)
         if not stats:
             if not self._warned:

@@ -3,12 +3,12 @@ import logging
 
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 from mmengine.optim import BaseOptimWrapper
 from torch.distributed.fsdp import FullyShardedDataParallel
 
 from flora_mm.registry import HOOKS
 from ..checkpoint import META_KEY, fill_frozen, is_adapter_only, strip_frozen
+from .utils import unwrap_model
 
 
 @HOOKS.register_module()
@@ -31,7 +31,7 @@ class AdapterCheckpointHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         """Drop the frozen parameters from ``checkpoint['state_dict']``."""
-        strip_frozen(checkpoint, _unwrap(runner.model))
+        strip_frozen(checkpoint, unwrap_model(runner.model))
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """Complete an adapter-only checkpoint with the model's pretrained frozen weights."""
@@ -44,7 +44,7 @@ class AdapterCheckpointHook(Hook):
                       'tensors stay those the model was built with (pretrained)',
                       logger='current')
             return
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         if (not isinstance(runner.optim_wrapper, BaseOptimWrapper)
                 and hasattr(model, 'init_weights') and not getattr(model, 'is_init', True)):
             # test()/val() never initialise weights; frozen init_cfg weights are needed now.
@@ -59,7 +59,3 @@ class AdapterCheckpointHook(Hook):
         if absent:
             print_log(f'AdapterCheckpointHook: frozen keys of the checkpoint that the model '
                       f'lacks: {absent}', logger='current', level=logging.WARNING)
-
-
-def _unwrap(model):
-    return model.module if is_model_wrapper(model) else model

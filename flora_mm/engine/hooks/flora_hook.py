@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from flora_mm.adapters import adapt_model, param_table
 from flora_mm.registry import HOOKS
 from .adapter_checkpoint_hook import AdapterCheckpointHook
+from .utils import unwrap_model
 
 
 @HOOKS.register_module()
@@ -74,7 +75,7 @@ class FLoRAHook(Hook):
 
     def before_run(self, runner) -> None:
         """Inject, freeze, re-wrap and rebuild the optimizer as needed (see class doc)."""
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         report = adapt_model(model, self.adapter, self.trainable)
         if self.adapter is not None:
             print_log(f'FLoRAHook: {report.summary()}', logger='current')
@@ -143,10 +144,6 @@ class FLoRAHook(Hook):
             runner.param_schedulers = runner.build_param_scheduler(runner.param_schedulers)
         print_log('FLoRAHook: rebuilt the optimizer wrapper and parameter schedulers with the '
                   'trainable parameters only', logger='current')
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if is_model_wrapper(model) else model
 
 
 def _trainable_ids(model: nn.Module) -> Set[int]:

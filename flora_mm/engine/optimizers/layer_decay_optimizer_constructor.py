@@ -24,7 +24,8 @@ _VIT_EMBED = ('patch_embed.', 'cls_token', 'pos_embed')
 
 
 def infer_depths(names: Sequence[str]) -> List[int]:
-    """Blocks per stage from timm ConvNeXt parameter names (relative to the backbone).
+    """Blocks per stage from timm ConvNeXt or plain ViT parameter names (relative to the
+    backbone).
 
     A plain ViT (``blocks.<j>.*``, no stages) is one stage.
 
@@ -58,9 +59,10 @@ def num_layer_ids(depths: Sequence[int], decay_type: str = 'layer_wise') -> int:
     return (sum(depths) if decay_type == 'layer_wise' else len(depths)) + 2
 
 
-def get_layer_id_for_timm_convnext(name: Optional[str], depths: Sequence[int],
-                                   decay_type: str = 'layer_wise') -> int:
-    """Layer id of a parameter; the lr multiplier is ``decay_rate ** (num_ids - 1 - id)``.
+def get_layer_id_for_convnext_or_vit(name: Optional[str], depths: Sequence[int],
+                                     decay_type: str = 'layer_wise') -> int:
+    """Layer id of a timm ConvNeXt or plain ViT parameter; the lr multiplier is
+    ``decay_rate ** (num_ids - 1 - id)``.
 
     ``layer_wise`` follows ConvNeXt-V2's ``layer_decay_type='single'``: block ``j`` of stage
     ``i`` gets ``sum(depths[:i]) + j + 1``; the stem and each stage's downsampling layer share
@@ -104,7 +106,8 @@ def get_layer_id_for_timm_convnext(name: Optional[str], depths: Sequence[int],
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class LayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
-    """Layer-wise lr decay for a timm ConvNeXt backbone; only trainable parameters.
+    """Layer-wise lr decay for a timm ConvNeXt or a plain ViT backbone; only trainable
+    parameters.
 
     ``paramwise_cfg`` keys:
 
@@ -151,7 +154,7 @@ class LayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             if not param.requires_grad:
                 continue
             relative = name[len(prefix):] if name.startswith(prefix) else None
-            layer_id = get_layer_id_for_timm_convnext(relative, depths, decay_type)
+            layer_id = get_layer_id_for_convnext_or_vit(relative, depths, decay_type)
             no_decay = (param.ndim <= 1 or name.endswith('.bias')
                         or name.rsplit('.', 1)[-1] in ('pos_embed', 'cls_token'))
             key = f'layer_{layer_id}_{"no_decay" if no_decay else "decay"}'
