@@ -85,7 +85,7 @@ def adapt_model(model: nn.Module, adapter: Mapping | None = None,
     Raises:
         ValueError: From :func:`inject_adapters` / :func:`freeze_base` for a bad config.
     """
-    was_trainable = _trainable_ids(model)
+    was_trainable = trainable_ids(model)
     existing = sorted(adapter_layers(model))
     injected: list[str] = []
     method = None
@@ -100,14 +100,14 @@ def adapt_model(model: nn.Module, adapter: Mapping | None = None,
         freeze_base(model, ADAPTERS_POLICY, keep)
     refrozen = []
     if adapter is not None or trainable:
-        intended = _trainable_ids(model)
+        intended = trainable_ids(model)
         model.train(model.training)
         refrozen = [n for n, p in model.named_parameters()
                     if id(p) in intended and not p.requires_grad]
     counts = count_adapter_params(model)
     layers = adapter_layers(model)
     return AdaptReport(method=method, injected=injected, existing=existing, refrozen=refrozen,
-                       changed=_trainable_ids(model) != was_trainable,
+                       changed=trainable_ids(model) != was_trainable,
                        trainable=counts['trainable'], total=counts['model_total'],
                        scales=sorted({layers[n].adapter_scale for n in injected}))
 
@@ -143,5 +143,6 @@ def _kept_by_modules(model: nn.Module) -> list[str]:
             for pattern in getattr(module, 'keep_trainable', ())]
 
 
-def _trainable_ids(model: nn.Module) -> set[int]:
+def trainable_ids(model: nn.Module) -> set[int]:
+    """``id()`` of every parameter that requires grad."""
     return {id(p) for p in model.parameters() if p.requires_grad}

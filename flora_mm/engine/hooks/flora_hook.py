@@ -12,6 +12,7 @@ from mmengine.optim import BaseOptimWrapper, OptimWrapperDict
 from torch.nn.parallel import DistributedDataParallel
 
 from flora_mm.adapters import adapt_model, param_table
+from flora_mm.adapters.adapt import trainable_ids
 from flora_mm.registry import HOOKS
 from .adapter_checkpoint_hook import AdapterCheckpointHook
 from .utils import unwrap_model
@@ -85,7 +86,7 @@ class FLoRAHook(Hook):
         if report.changed and is_model_wrapper(runner.model):
             self._rewrap(runner, model)
         if isinstance(runner.optim_wrapper, BaseOptimWrapper) and (
-                report.changed or _optimizer_ids(runner.optim_wrapper) != _trainable_ids(model)):
+                report.changed or _optimizer_ids(runner.optim_wrapper) != trainable_ids(model)):
             self._rebuild_optim_wrapper(runner)
         print_log('FLoRAHook: trainable parameters\n' + param_table(model), logger='current')
 
@@ -144,10 +145,6 @@ class FLoRAHook(Hook):
             runner.param_schedulers = runner.build_param_scheduler(runner.param_schedulers)
         print_log('FLoRAHook: rebuilt the optimizer wrapper and parameter schedulers with the '
                   'trainable parameters only', logger='current')
-
-
-def _trainable_ids(model: nn.Module) -> Set[int]:
-    return {id(p) for p in model.parameters() if p.requires_grad}
 
 
 def _optimizer_ids(optim_wrapper: BaseOptimWrapper) -> Set[int]:
