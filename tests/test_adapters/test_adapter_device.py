@@ -23,7 +23,7 @@ def _zero_adapter(patch, layer_class):
     """Every adapter of ``layer_class`` contributes nothing: the factorized branch's output and
     the merged update are multiplied by 0 (the graph stays, so gradients still exist)."""
     for cls in layer_class.__mro__:
-        for name in ('_adapter_branch', '_low_rank_delta'):
+        for name in ('adapter_branch', 'compute_delta_weight', '_lora_delta'):
             if name in vars(cls):
                 original = vars(cls)[name]
                 patch.setattr(cls, name, lambda self, *args, f=original: f(self, *args) * 0)
