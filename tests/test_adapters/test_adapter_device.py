@@ -19,14 +19,22 @@ def test_layer_on_cpu_matches_float64_reference(name, method, mode, autocast):
     check_layer(name, method, mode, 'cpu', autocast)
 
 
+# the method contract's factorized branch and update (flora_mm.adapters.layers.AdapterLayer),
+# and DoRA's direction update, from which its merged weight is built
+ADAPTER_HOOKS = ('adapter_branch', 'compute_delta_weight', '_lora_delta')
+
+
 def _zero_adapter(patch, layer_class):
     """Every adapter of ``layer_class`` contributes nothing: the factorized branch's output and
     the merged update are multiplied by 0 (the graph stays, so gradients still exist)."""
+    patched = 0
     for cls in layer_class.__mro__:
-        for name in ('adapter_branch', 'compute_delta_weight', '_lora_delta'):
+        for name in ADAPTER_HOOKS:
             if name in vars(cls):
                 original = vars(cls)[name]
                 patch.setattr(cls, name, lambda self, *args, f=original: f(self, *args) * 0)
+                patched += 1
+    assert patched >= 2, f'{layer_class.__name__}: none of {ADAPTER_HOOKS} found to zero'
 
 
 @AUTOCAST
