@@ -42,6 +42,7 @@ def _job(config, method='flora', size=(64, 64), batch_size=2, **kwargs):
                 warmup=1, steps=1, threads=1, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('task', list(table4.TASKS))
 def test_table_jobs_name_the_real_table1_configs(task):
     jobs = table4.table_jobs([task], list(table4.METHODS), [0, 1])
@@ -78,6 +79,7 @@ def _independent_count(method):
     return total
 
 
+@pytest.mark.slow
 def test_run_job_counts_per_method():
     counts = {}
     for method in ('frozen', 'limit', 'flora', 'lora', 'dora', 'full'):
@@ -153,6 +155,7 @@ def test_synthetic_batches_fit_the_models(config, size):
     assert math.isfinite(float(log_vars['loss']))
 
 
+@pytest.mark.slow
 def test_run_table_merges_resumes_and_summarizes(tmp_path):
     out = str(tmp_path / 'table4.json')
     jobs = {f'tiny/{m}/cp0': _job(SEG, m) for m in ('limit', 'flora', 'lora')}
@@ -189,6 +192,7 @@ def test_run_table_merges_resumes_and_summarizes(tmp_path):
     assert '| flora |' in text and '| lora |' in text and '| limit |' in text
 
 
+@pytest.mark.slow
 def test_run_table_records_failures(tmp_path):
     out = str(tmp_path / 'bad.json')
     jobs = {'tiny/flora/cp0': dict(_job(SEG), config=str(tmp_path / 'missing.py'))}

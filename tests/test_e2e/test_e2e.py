@@ -85,6 +85,7 @@ def _untrained_checkpoint(config, path):
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, path)
 
 
+@pytest.mark.slow
 def test_segmentation_ddp_learns(env, tmp_path, monkeypatch):
     """2-process DDP training of UperNet + FLoRA lifts mIoU far above the untrained model."""
     work_dir = str(tmp_path / 'seg')
@@ -120,6 +121,7 @@ def test_instance_segmentation_train_test(env, tmp_path):
     _assert_numeric(metrics, ('coco/bbox_mAP', 'coco/segm_mAP', 'coco/bbox_mAP_50'), -1., 1.)
 
 
+@pytest.mark.slow
 def test_rotated_detection_train_test(env, tmp_path):
     metrics = _train_test(ROT_CONFIG, str(tmp_path / 'rot'), env,
                           ['train_cfg.max_epochs=2', 'train_cfg.val_interval=3',
