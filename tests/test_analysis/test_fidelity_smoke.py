@@ -14,6 +14,8 @@ from flora_mm.analysis.curves import read_curves
 from flora_mm.analysis.fidelity import QUICK, Settings, run_experiment
 
 CONFIGS = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs')
+pytestmark = pytest.mark.slow
+
 SETTINGS = dict(QUICK, tasks=['scenes', 'topdown'], cells=['frozen', 'lora@b1', 'flora@b1'],
                 iters=6, pretrain_iters=4, num_train=4)
 # LayerNorm weight + bias on the outputs of ConvNeXt-V2-atto stages 1-3 (widths 80, 160, 320;

@@ -87,6 +87,7 @@ def test_scenes_load_and_score_with_mmdet(scenes):
     assert metric.evaluate(len(samples))['coco/bbox_mAP'] > 0.99
 
 
+@pytest.mark.slow
 def test_topdown_loads_and_scores_with_mmrotate(topdown, monkeypatch):
     from mmrotate.evaluation import DOTAMetric, eval_rbbox_map
     from mmrotate.evaluation.metrics import dota_metric

@@ -43,6 +43,7 @@ def _job(config, method='flora', size=(64, 64), batch_size=2, **kwargs):
                 warmup=1, steps=1, threads=1, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('task', list(table4.TASKS))
 def test_table_jobs_name_the_real_table1_configs(task):
     jobs = table4.table_jobs([task], list(table4.METHODS), [0, 1],
@@ -82,6 +83,7 @@ def _independent_count(method):
     return total
 
 
+@pytest.mark.slow
 def test_run_job_counts_per_method():
     counts = {}
     for method in ('frozen', 'limit', 'flora', 'lora', 'dora', 'full'):
@@ -157,6 +159,7 @@ def test_synthetic_batches_fit_the_models(config, size):
     assert math.isfinite(float(log_vars['loss']))
 
 
+@pytest.mark.slow
 def test_run_table_merges_resumes_and_summarizes(tmp_path, monkeypatch):
     out = str(tmp_path / 'table4.json')
     jobs = {f'tiny/{m}/cp0': _job(SEG, m) for m in ('limit', 'flora', 'lora')}
@@ -245,6 +248,7 @@ def test_summarize_medians_ratios_and_targets():
     assert 'flora_step_vs_lora 1.100 (<= 1.00: MISSED)' in text
 
 
+@pytest.mark.slow
 def test_run_table_records_failures(tmp_path):
     out = str(tmp_path / 'bad.json')
     jobs = {'tiny/flora/cp0': dict(_job(SEG), config=str(tmp_path / 'missing.py'))}

@@ -147,7 +147,18 @@ def test_default_targets_are_the_paper_layers(arch):
     assert len(default) == 1 + 3 + 3 * sum(depths)
 
 
-@pytest.mark.parametrize('config', CONFIGS)
+# The fast lane builds each task's FLoRA row and the LoRA, BitFit and frozen rows on COCO.
+FAST_BUILDS = [osp.join('configs', kind, task, name) for kind, task, name in (
+    ('flora', 'mask-rcnn', 'mask-rcnn_convnextv2-l-flora-r42_fpn_1x_coco.py'),
+    ('flora', 'upernet', 'upernet_convnextv2-l-flora-r42_8xb2-160k_ade20k-512x512.py'),
+    ('flora', 'oriented-rcnn', 'oriented-rcnn-le90_convnextv2-l-flora-r42_fpn_1x_dota.py'),
+    ('baselines', 'mask-rcnn', 'mask-rcnn_convnextv2-l-lora-r42_fpn_1x_coco.py'),
+    ('baselines', 'mask-rcnn', 'mask-rcnn_convnextv2-l-bitfit_fpn_1x_coco.py'),
+    ('baselines', 'mask-rcnn', 'mask-rcnn_convnextv2-l-frozen_fpn_1x_coco.py'))]
+
+
+@pytest.mark.parametrize('config', [
+    c if c in FAST_BUILDS else pytest.param(c, marks=pytest.mark.slow) for c in CONFIGS])
 def test_config_builds(config):
     cfg = Config.fromfile(osp.join(ROOT, config))
     assert cfg.custom_imports == dict(imports=['flora_mm'], allow_failed_imports=False)
@@ -185,6 +196,7 @@ def test_config_builds(config):
     assert {id(p) for p in model.parameters() if p.requires_grad} <= in_optimizer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', ['lora', 'dora'])
 def test_lora_dora_rank_override_keeps_scale_one(method):
     """`--cfg-options model.backbone.adapter.rank=16` on a LoRA / DoRA row: alpha follows the

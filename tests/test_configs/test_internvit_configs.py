@@ -32,6 +32,7 @@ def _column(config):
                                                                                   'BitFit'), None
 
 
+@pytest.mark.slow
 def test_nine_columns_with_ranks_solved_on_the_6b():
     assert len(CONFIGS) == 9
     ranks = table2.solve_ranks(table2.build_backbone('6b'))  # meta device: nothing allocated
@@ -59,6 +60,7 @@ def test_nine_columns_with_ranks_solved_on_the_6b():
                                                         expected.items()}
 
 
+@pytest.mark.slow
 def test_budgets_against_layer_shapes():
     """The adapter counts of the 6B columns, re-derived from the 192 weight shapes."""
     rows = {(r['method'], r['percent']): r for r in table2.column_counts()}
@@ -101,7 +103,8 @@ def _tiny(cfg):
     cfg.model.auxiliary_head.update(in_channels=TINY, channels=16, norm_cfg=bn)
 
 
-@pytest.mark.parametrize('config', CONFIGS)
+@pytest.mark.parametrize('config', [  # the fast lane trains the FLoRA r8 column
+    c if '-flora-r8_' in c else pytest.param(c, marks=pytest.mark.slow) for c in CONFIGS])
 def test_config_builds_and_trains_tiny(config):
     cfg = Config.fromfile(osp.join(ROOT, config))
     assert cfg.runner_type == 'FlexibleRunner' and cfg.strategy.type == 'FSDPStrategy'

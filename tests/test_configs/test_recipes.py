@@ -51,6 +51,7 @@ def one_process_dota_eval(monkeypatch):
     monkeypatch.setattr(dota_metric, 'eval_rbbox_map', functools.partial(eval_rbbox_map, nproc=1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('key', ['val_evaluator', 'test_evaluator'])
 def test_dota_metric_reports_table1_columns(key, one_process_dota_eval):
     """GT as predictions scores 1 everywhere; predictions with known IoUs (0.97, 0.83, 0.72,
@@ -83,6 +84,7 @@ def test_dota_metric_reports_table1_columns(key, one_process_dota_eval):
     assert results['dota/mAP'] == pytest.approx(22 / 30, abs=1e-6)  # 10 + 7 + 5 of 30
 
 
+@pytest.mark.slow
 def test_ade20k_slide_inference(tmp_path):
     """The UperNet configs evaluate with mmseg's ConvNeXt recipe (slide, crop 512, stride
     341); run on the tiny set, every test image is cut into the expected windows."""

@@ -16,6 +16,8 @@ from shapely.geometry import Polygon, box
 import flora_mm  # noqa: F401
 from flora_mm.datasets import split_dota
 
+pytestmark = pytest.mark.slow
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TEST_CONFIG = osp.join(ROOT, 'configs', 'flora', 'oriented-rcnn',
                        'oriented-rcnn-le90_convnextv2-l-flora-r42_fpn_1x_dota-test.py')

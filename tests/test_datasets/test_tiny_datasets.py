@@ -136,6 +136,7 @@ def test_ade20k_loads_with_mmseg(ade):
     assert results['mIoU'] == pytest.approx(100.)
 
 
+@pytest.mark.slow
 def test_dota_loads_with_mmrotate(dota, monkeypatch):
     from mmrotate.evaluation import DOTAMetric, eval_rbbox_map
     from mmrotate.evaluation.metrics import dota_metric

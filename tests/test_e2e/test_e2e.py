@@ -122,6 +122,7 @@ def _assert_learned(config, checkpoint, tmp_path, env, monkeypatch, ratio):
     assert after < ratio * before, (before, after)
 
 
+@pytest.mark.slow
 def test_segmentation_ddp_learns(env, tmp_path, monkeypatch):
     """2-process DDP training of UperNet + FLoRA lifts mIoU far above the untrained model."""
     work_dir = str(tmp_path / 'seg')
@@ -163,6 +164,7 @@ def test_instance_segmentation_learns(env, tmp_path, monkeypatch):
     _assert_learned(DET_CONFIG, checkpoint, tmp_path, env, monkeypatch, ratio=0.8)
 
 
+@pytest.mark.slow
 def test_rotated_detection_learns(env, tmp_path, monkeypatch):
     """2 epochs of Oriented R-CNN + FLoRA: the metrics are written, the validation loss falls
     far below the untrained model's."""

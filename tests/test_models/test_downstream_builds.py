@@ -50,6 +50,7 @@ model = dict(
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', list(CONFIGS))
 def test_backbone_builds_inside_downstream_models(tmp_path, name):
     text, scope = CONFIGS[name]

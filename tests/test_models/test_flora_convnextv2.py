@@ -284,6 +284,7 @@ def test_output_norms_load_from_dense_prediction_checkpoint(tmp_path, timm_atto_
             rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('adapter', [ADAPTER, dict(type='LoRA', rank=4),
                                      dict(type='DoRA', rank=4), dict(type='BitFit'),
                                      dict(type='Frozen'), dict(type='Full'), None])
@@ -298,6 +299,7 @@ def test_output_norms_train_under_every_method(adapter):
     assert all(p.grad is not None for n, p in model.named_parameters() if n in norms)
 
 
+@pytest.mark.slow
 def test_frozen_base_is_deterministic_in_train_mode():
     """Frozen: drop path off in train mode (same output twice, equal to eval); adapters keep
     the configured drop path; a stage that gets adapters later trains again."""
@@ -343,6 +345,7 @@ def test_pretrained_errors(tmp_path, timm_atto_file):
         FLoRAConvNeXtV2(pretrained=str(junk))
 
 
+@pytest.mark.slow
 def test_adapter_at_init_keeps_outputs_and_freezes_base(timm_atto_file):
     path, _ = timm_atto_file
     plain = FLoRAConvNeXtV2(arch='atto', pretrained=str(path)).eval()
@@ -382,6 +385,7 @@ def test_adapter_targets_and_trainable():
         FLoRAConvNeXtV2(trainable=['.*'])
 
 
+@pytest.mark.slow
 def test_with_cp_same_outputs_and_grads():
     torch.manual_seed(0)
     ref = FLoRAConvNeXtV2(arch='atto', adapter=ADAPTER)
@@ -425,6 +429,7 @@ def test_constructor_errors():
         FLoRAConvNeXtV2(adapter=dict(type='FLoRA', rank=0))
 
 
+@pytest.mark.slow
 def test_frozen_dtype_bfloat16(timm_atto_file):
     path, _ = timm_atto_file
     adapter = dict(type='LoRA', rank=4)

@@ -15,6 +15,8 @@ import torch
 
 from conftest import load_probe, run_tool
 
+pytestmark = pytest.mark.slow
+
 SEG = """
 _base_ = ['mmseg::_base_/default_runtime.py']
 custom_imports = dict(imports=['flora_mm', 'flora_probe_hook'], allow_failed_imports=False)

@@ -10,6 +10,8 @@ from mmengine.registry import OPTIM_WRAPPERS
 
 from conftest import REPO, run_tool
 
+pytestmark = pytest.mark.slow
+
 SEG_DEMO = osp.join(REPO, 'configs', 'demo', 'upernet_convnextv2-atto-flora_tiny-ade.py')
 
 

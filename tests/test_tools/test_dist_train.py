@@ -12,9 +12,12 @@ import math
 import re
 import textwrap
 
+import pytest
 import torch
 
 from conftest import load_probe, run_tool
+
+pytestmark = pytest.mark.slow
 
 DET_COMMON = """
 custom_imports = dict(imports=['flora_mm', 'flora_probe_hook'], allow_failed_imports=False)

@@ -14,6 +14,8 @@ from PIL import Image
 
 from conftest import REPO, run_tool, val_images
 
+pytestmark = pytest.mark.slow
+
 
 def _direct_predictions(task: str, spec: dict, images: list) -> list:
     """Predictions of the model run directly (no inferencer), full checkpoint."""

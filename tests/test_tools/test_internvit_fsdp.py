@@ -17,6 +17,8 @@ import torch
 
 from conftest import REPO, run_tool
 
+pytestmark = pytest.mark.slow
+
 DEMO = osp.join(REPO, 'configs', 'demo', 'upernet_internvit-tiny-flora_tiny-ade.py')
 CFG = """
 _base_ = '{demo}'

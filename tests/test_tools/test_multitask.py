@@ -10,6 +10,8 @@ import torch
 
 from conftest import val_images
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope='module')
 def multi(task_checkpoints):

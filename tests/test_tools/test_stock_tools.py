@@ -17,6 +17,8 @@ from PIL import Image
 
 from conftest import DEMO_CONFIGS, run_tool
 
+pytestmark = pytest.mark.slow
+
 
 def stock_tool(package: str, tool: str) -> str:
     path = osp.join(importlib.util.find_spec(package).submodule_search_locations[0], '.mim',

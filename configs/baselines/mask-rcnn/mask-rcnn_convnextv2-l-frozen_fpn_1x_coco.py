@@ -1,4 +1,4 @@
 # Table 1, Base row: the pretrained backbone stays frozen, only neck and heads train.
-_base_ = '../../flora/mask-rcnn/mask-rcnn_convnextv2-l-flora-r42_fpn_1x_coco.py'
+_base_ = '../../_base_/tasks/mask-rcnn_convnextv2-l_fpn_1x_coco.py'
 
-model = dict(backbone=dict(adapter=dict(_delete_=True, type='Frozen')))
+model = dict(backbone=dict(adapter=dict(type='Frozen')))

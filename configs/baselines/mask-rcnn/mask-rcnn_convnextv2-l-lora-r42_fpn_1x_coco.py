@@ -1,11 +1,6 @@
 # Table 1, LoRA row "12.94M" (here 12.93M): LoRA on the same backbone layers as FLoRA,
 # alpha unset (it defaults to the rank: scale 1); convs are adapted through their
 # (out, in*k*k) matrix.
-_base_ = '../../flora/mask-rcnn/mask-rcnn_convnextv2-l-flora-r42_fpn_1x_coco.py'
+_base_ = '../../_base_/tasks/mask-rcnn_convnextv2-l_fpn_1x_coco.py'
 
-model = dict(
-    backbone=dict(
-        adapter=dict(
-            _delete_=True,
-            type='LoRA',
-            rank=42)))
+model = dict(backbone=dict(adapter=dict(type='LoRA', rank=42)))

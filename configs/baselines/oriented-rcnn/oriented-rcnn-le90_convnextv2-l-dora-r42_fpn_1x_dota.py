@@ -1,11 +1,6 @@
 # Table 1, DoRA row "13.07M" (here 13.10M): DoRA on the same backbone layers as FLoRA,
 # alpha unset (it defaults to the rank: scale 1); convs are adapted through their
 # (out, in*k*k) matrix.
-_base_ = '../../flora/oriented-rcnn/oriented-rcnn-le90_convnextv2-l-flora-r42_fpn_1x_dota.py'
+_base_ = '../../_base_/tasks/oriented-rcnn-le90_convnextv2-l_fpn_1x_dota.py'
 
-model = dict(
-    backbone=dict(
-        adapter=dict(
-            _delete_=True,
-            type='DoRA',
-            rank=42)))
+model = dict(backbone=dict(adapter=dict(type='DoRA', rank=42)))

@@ -1,8 +1,7 @@
 # Table 2, LoRA column at 0.32 % (here r = 8: 19.66M = 0.333 % of 5.906B, solve_rank on the
 # meta-device 6B): LoRA (alpha = rank, i.e. scale 1) on the same linears as FLoRA.
-_base_ = '../../flora/upernet-internvit/upernet_internvit-6b-flora-r8_8xb2-80k_ade20k-504x504.py'
+_base_ = '../../_base_/tasks/upernet_internvit-6b_8xb2-80k_ade20k-504x504.py'
 
 model = dict(
     backbone=dict(
-        adapter=dict(
-            _delete_=True, type='LoRA', rank=8, alpha=8, targets={{_base_.adapter_targets}})))
+        adapter=dict(type='LoRA', rank=8, alpha=8, targets={{_base_.adapter_targets}})))

@@ -8,19 +8,9 @@
 # here) and full fine-tuning by about lr. s = 4 would move the 6B weights twice as fast as
 # InternVL's full fine-tuning, which already needs layer decay to be stable; s = 0.04 as
 # slowly as LoRA; and the paper says InternViT-6B needs another scale than ConvNeXt-V2-L (4).
-# No layer decay for the adapter columns (InternVL's head-tuning setting, decay 1.0).
-# Only adapters and the new pyramid of the backbone train; UperNet trains fully. Checkpoints
-# hold no frozen weight (AdapterCheckpointHook): --resume and tools/test.py take it from
-# `pretrained`.
-_base_ = [
-    '../../_base_/models/upernet_internvit-6b.py',
-    '../../_base_/datasets/ade20k_504x504.py',
-    '../../_base_/schedules/adamw_80k_internvit.py',
-    '../../_base_/runtimes/mmseg_fsdp_runtime.py'
-]
+# Only adapters (and, as in every column, the new pyramid and UperNet) train.
+_base_ = '../../_base_/tasks/upernet_internvit-6b_8xb2-80k_ade20k-504x504.py'
 
 model = dict(
     backbone=dict(
         adapter=dict(type='FLoRA', rank=8, scale=0.4, targets={{_base_.adapter_targets}})))
-optim_wrapper = dict(paramwise_cfg=dict(decay_rate=1.0))
-custom_hooks = [dict(type='flora_mm.AdapterCheckpointHook')]

@@ -2,19 +2,7 @@
 # Table 1, FLoRA row "12.77M" (here 12.84M).
 # Paper settings: r1 = r2 = 42 (solved for the budget with flora_mm.adapters.solve_rank),
 # kernel rank 2 on every spatial mode, scale s = 4 (the authors' ConvNeXt example); on every
-# conv / linear of the backbone. Only the adapters of the backbone train; neck and heads train
-# fully, as in every row of Table 1.
-_base_ = [
-    '../../_base_/models/upernet_convnextv2-l.py',
-    '../../_base_/datasets/ade20k.py',
-    '../../_base_/schedules/adamw_160k.py',
-    '../../_base_/runtimes/mmseg_runtime.py'
-]
+# conv / linear of the backbone. Only the adapters of the backbone train.
+_base_ = '../../_base_/tasks/upernet_convnextv2-l_8xb2-160k_ade20k-512x512.py'
 
-model = dict(
-    backbone=dict(
-        adapter=dict(
-            type='FLoRA',
-            rank=42,
-            kernel_rank=2,
-            scale=4.0)))
+model = dict(backbone=dict(adapter=dict(type='FLoRA', rank=42, kernel_rank=2, scale=4.0)))
