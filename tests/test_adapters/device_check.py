@@ -6,13 +6,18 @@ import copy
 
 import torch
 
-from flora_mm.adapters import inject_adapters
+from flora_mm.adapters import adapter_method, inject_adapters
 
 from .helpers import assert_adapted_close, assert_close, make_case, reference_forward, \
     reference_weight, strengthen_adapters
 
 CASES = ['linear', 'conv2d', 'conv2d_grouped', 'conv2d_depthwise', 'conv2d_reflect', 'conv3d']
-METHODS = {'FLoRA': dict(scale=0.4), 'LoRA': dict(alpha=6.0), 'DoRA': dict(alpha=6.0)}
+METHODS = {'FLoRA': dict(scale=0.4), 'LoRA': dict(alpha=6.0), 'DoRA': dict(alpha=6.0),
+           'LoHa': dict(alpha=6.0, use_effective_conv2d=True),
+           'LoKr': dict(alpha=6.0, use_effective_conv2d=True)}
+# LoHa and LoKr have no factorized forward: merged only
+METHOD_MODES = [(method, mode) for method in METHODS for mode in ('factorized', 'merged')
+                if mode == 'merged' or adapter_method(method).has_factorized()]
 # relative to the reference's largest magnitude: fp32 without TF32 is exact to accumulation
 # order; autocast rounds the inputs and weights of every conv / matmul to 8 (bf16) or 11
 # (fp16) significant bits

@@ -90,15 +90,56 @@ def check_param_count(layer, method, rank, **options):
     assert layer_param_count(tuple(layer.weight.shape), method, rank, **options) == created
 
 
+def loha_update(params, shape):
+    """LoHa's unscaled ``(W1a W1b) * (W2a W2b)`` in ``shape``; a factor with a core
+    ``hada_t{i}`` is its effective-conv Tucker product instead."""
+    factors = []
+    for i in (1, 2):
+        w_a, w_b = params[f'hada_w{i}_a'], params[f'hada_w{i}_b']
+        core = params.get(f'hada_t{i}')
+        factors.append((w_a @ w_b).reshape(shape) if core is None else
+                       einsum_channel_tucker(core, w_a, w_b))
+    return factors[0] * factors[1]
+
+
+def lokr_update(params, shape):
+    """LoKr's unscaled ``kron(W1, W2)`` written as ``dW[a k + b, c n + d, ...] = W1[a, c] W2[b,
+    d, ...]``; ``W1`` / ``W2`` from their low-rank pair or ``W2``'s effective-conv core."""
+    p = {n.split('lokr_')[1]: t for n, t in params.items()}
+    kernel = tuple(shape[2:])
+    w1 = p['w1'] if 'w1' in p else p['w1_a'] @ p['w1_b']
+    if 'w2' in p:
+        w2 = p['w2']
+    elif 't2' in p:
+        w2 = einsum_channel_tucker(p['t2'], p['w2_a'], p['w2_b'])
+    else:
+        w2 = (p['w2_a'] @ p['w2_b']).reshape(p['w2_a'].shape[0], -1, *kernel)
+    (l, m), (k, n) = w1.shape, w2.shape[:2]
+    return torch.einsum('ac,bd...->abcd...', w1, w2).reshape(l * k, m * n, *kernel)
+
+
 def _update(layer, params, shape):
-    """The scaled low-rank update ``s * G x1 A1 ... xN AN`` (FLoRA) or ``s * B @ A`` (LoRA,
-    DoRA's direction update) in the weight's ``shape``."""
+    """The scaled update in the weight's ``shape``: ``s * G x1 A1 ... xN AN`` (FLoRA),
+    LoHa's and LoKr's products, or ``s * B @ A`` (LoRA, DoRA's direction update)."""
     s = layer.adapter_scale
     if layer.adapter_type == 'FLoRA':
         factors = [params[f'flora_factors.{i}'] for i in range(len(shape))]
         return s * einsum_tucker(params['flora_core'], factors)
+    if layer.adapter_type == 'LoHa':
+        return s * loha_update(params, shape)
+    if layer.adapter_type == 'LoKr':
+        return s * lokr_update(params, shape)
     prefix = layer.adapter_prefix
     return s * (params[f'{prefix}B'] @ params[f'{prefix}A']).reshape(shape)
+
+
+def _linear_parameter(layer):
+    """A parameter the update is linear in."""
+    names = dict(layer.adapter_named_parameters())
+    for name in ('flora_core', 'hada_w1_a', 'lokr_w1', 'lokr_w1_a'):
+        if name in names:
+            return names[name]
+    return names[f'{layer.adapter_prefix}B']
 
 
 def reference_weight(layer, w0, params=None):
@@ -121,7 +162,7 @@ def reference_weight(layer, w0, params=None):
     return v * (params['dora_magnitude'] / norm).reshape(-1, *[1] * (v.dim() - 1))
 
 
-def strengthen_adapters(layer, ratio=2.0):
+def strengthen_adapters(layer, ratio=3.0):
     """Random adapter values whose low-rank update is ``ratio`` times as large as the base
     weight (largest entries): then the adapter moves the layer's output by a large fraction of
     its size, and a comparison at any tolerance these tests use sees a missing or wrong branch
@@ -130,10 +171,8 @@ def strengthen_adapters(layer, ratio=2.0):
     params = {n: p.detach().double() for n, p in layer.adapter_named_parameters()}
     update = _update(layer, params, layer.weight.shape)
     factor = ratio * layer.weight.detach().double().abs().max() / update.abs().max()
-    # the update is linear in FLoRA's core and in LoRA / DoRA's B
-    name = 'flora_core' if layer.adapter_type == 'FLoRA' else f'{layer.adapter_prefix}B'
     with torch.no_grad():
-        dict(layer.adapter_named_parameters())[name].mul_(factor.item())
+        _linear_parameter(layer).mul_(factor.item())
 
 
 def assert_adapted_close(actual, expected, base, rtol):

@@ -5,15 +5,14 @@ and the loosest tolerance, and it passes once restored."""
 import pytest
 import torch
 
-from .device_check import CASES, METHODS, adapted_case, check_layer
+from .device_check import CASES, METHOD_MODES, adapted_case, check_layer
 
 AUTOCAST = pytest.mark.parametrize('autocast', [None, torch.bfloat16], ids=['fp32', 'bf16'])
 
 
 @pytest.mark.parametrize('autocast', [None, torch.bfloat16, torch.float16],
                          ids=['fp32', 'bf16', 'fp16'])
-@pytest.mark.parametrize('mode', ['factorized', 'merged'])
-@pytest.mark.parametrize('method', list(METHODS))
+@pytest.mark.parametrize('method,mode', METHOD_MODES)
 @pytest.mark.parametrize('name', CASES)
 def test_layer_on_cpu_matches_float64_reference(name, method, mode, autocast):
     check_layer(name, method, mode, 'cpu', autocast)
@@ -38,8 +37,7 @@ def _zero_adapter(patch, layer_class):
 
 
 @AUTOCAST
-@pytest.mark.parametrize('mode', ['factorized', 'merged'])
-@pytest.mark.parametrize('method', list(METHODS))
+@pytest.mark.parametrize('method,mode', METHOD_MODES)
 @pytest.mark.parametrize('name', CASES)
 def test_zeroed_adapter_fails_the_check(name, method, mode, autocast):
     layer_class = type(adapted_case(name, method, mode)[0])

@@ -10,26 +10,17 @@ from flora_mm.adapters import adapter_layers, count_adapter_params, inject_adapt
     merge_adapters, set_forward_mode, solve_rank, unmerge_adapters
 from flora_mm.analysis.metrics import update_rank
 
-from .helpers import assert_close, check_param_count, einsum_channel_tucker, make_case, \
-    reference_forward
+from .helpers import assert_close, check_param_count, loha_update, make_case, reference_forward
 
 CASES = ['linear', 'conv1d', 'conv1d_circular', 'conv2d', 'conv2d_1x1', 'conv2d_grouped',
          'conv2d_depthwise', 'conv2d_dilated', 'conv2d_strided', 'conv2d_reflect', 'conv3d']
 ALPHA = 6.0
 
 
-def _reference_delta(layer, rank, effective):
-    """``s * (W1a W1b) ⊙ (W2a W2b)``, the factors Tucker products when ``effective``."""
-    shape = layer.weight.shape
-    factors = []
-    for i in (1, 2):
-        w_a, w_b = (getattr(layer, f'hada_w{i}_{x}').detach() for x in 'ab')
-        if effective:
-            factors.append(einsum_channel_tucker(getattr(layer, f'hada_t{i}').detach(), w_a,
-                                                 w_b))
-        else:
-            factors.append(torch.einsum('or,rn->on', w_a, w_b).reshape(shape))
-    return ALPHA / rank * factors[0] * factors[1]
+def _reference_delta(layer, rank):
+    """``s * (W1a W1b) ⊙ (W2a W2b)``, from the shared einsum reference."""
+    params = {n: p.detach() for n, p in layer.adapter_named_parameters()}
+    return ALPHA / rank * loha_update(params, layer.weight.shape)
 
 
 @pytest.mark.parametrize('effective', [False, True])
@@ -57,7 +48,7 @@ def test_loha_matches_reference(name, effective):
     check_param_count(layer, 'LoHa', rank, use_effective_conv2d=effective)
     with torch.no_grad():
         layer.hada_w2_b.normal_()
-    delta = _reference_delta(layer, rank, effective and spatial)
+    delta = _reference_delta(layer, rank)
     assert_close(layer.delta_weight(), delta, rtol=1e-12)
     expected = reference_forward(layer, x, w0 + delta)
     for mode in ('auto', 'merged'):

@@ -10,7 +10,7 @@ from flora_mm.adapters import adapter_layers, count_adapter_params, inject_adapt
 from flora_mm.adapters.methods.lokr import factorize
 from flora_mm.analysis.metrics import update_rank
 
-from .helpers import LAYER_CASES, assert_close, check_param_count, einsum_channel_tucker, \
+from .helpers import LAYER_CASES, assert_close, check_param_count, lokr_update, \
     reference_forward
 
 ALPHA = 6.0
@@ -46,19 +46,9 @@ OPTIONS = [{}, {'decompose_both': True}, {'decompose_factor': 2}, {'decompose_fa
 
 
 def _reference_delta(layer, rank):
-    """``s * kron(W1, W2)`` written as ``dW[a k + b, c n + d, ...] = W1[a, c] W2[b, d, ...]``."""
-    p = {n.split('lokr_')[1]: t.detach() for n, t in layer.adapter_named_parameters()}
-    w1 = p['w1'] if 'w1' in p else p['w1_a'] @ p['w1_b']
-    kernel = layer.weight.shape[2:]
-    if 'w2' in p:
-        w2 = p['w2']
-    elif 't2' in p:
-        w2 = einsum_channel_tucker(p['t2'], p['w2_a'], p['w2_b'])
-    else:
-        w2 = (p['w2_a'] @ p['w2_b']).reshape(p['w2_a'].shape[0], -1, *kernel)
-    blocks = torch.einsum('ac,bd...->abcd...', w1, w2)
-    (l, m), (k, n) = w1.shape, w2.shape[:2]
-    return ALPHA / rank * blocks.reshape(l * k, m * n, *kernel)
+    """``s * kron(W1, W2)``, from the shared einsum reference."""
+    params = {n: p.detach() for n, p in layer.adapter_named_parameters()}
+    return ALPHA / rank * lokr_update(params, layer.weight.shape)
 
 
 def _case(name, seed=0):

@@ -23,7 +23,8 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 import flora_mm  # noqa: F401  (registers flora_mm's modules)
-from flora_mm.adapters import adapter_layers, count_adapter_params, layer_param_count
+from flora_mm.adapters import adapter_layers, adapter_method, count_adapter_params, \
+    layer_param_count
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = osp.join(ROOT, 'configs')
@@ -37,8 +38,9 @@ TASK_ROOTS = {
 ROWS = sorted(osp.relpath(p, CONFIGS) for kind in ('flora', 'baselines')
               for p in glob.glob(osp.join(CONFIGS, kind, '*', '*.py'))
               if not p.endswith('-test.py'))
-METHODS = {'flora': 'FLoRA', 'lora': 'LoRA', 'dora': 'DoRA', 'bitfit': 'BitFit', 'full': 'Full',
-           'frozen': 'Frozen'}
+METHODS = {'flora': 'FLoRA', 'lora': 'LoRA', 'dora': 'DoRA', 'loha': 'LoHa', 'lokr': 'LoKr',
+           'bitfit': 'BitFit', 'full': 'Full', 'frozen': 'Frozen'}
+ADAPTERS = ('FLoRA', 'LoRA', 'DoRA', 'LoHa', 'LoKr')  # methods that wrap layers
 ALSO_CHANGED = {
     ('upernet-internvit', 'Frozen'): {'model.backbone.drop_path_rate'},
     ('upernet-internvit', 'Full'): {'optim_wrapper.paramwise_cfg.decay_rate'},
@@ -54,7 +56,7 @@ def _task(row: str) -> str:
 
 
 def _method(path: str) -> str:
-    return METHODS[re.search(r'-(flora|lora|dora|bitfit|full|frozen)[-_]',
+    return METHODS[re.search(r'-(flora|lora|dora|loha|lokr|bitfit|full|frozen)[-_]',
                              osp.basename(path))[1]]
 
 
@@ -161,9 +163,9 @@ def _expected_trainable(plain: nn.Module, task: str, adapter: dict, layers: dict
     params = dict(plain.named_parameters())
     always = sum(p.numel() for n, p in params.items() if re.fullmatch(_always_trained(task), n))
     method = adapter['type']
-    if method in ('FLoRA', 'LoRA', 'DoRA'):
-        return always + sum(layer_param_count(shape, method, adapter['rank'],
-                                              adapter.get('kernel_rank', 1))
+    if method in ADAPTERS:
+        options = {k: v for k, v in adapter.items() if k in adapter_method(method).adapter_keys}
+        return always + sum(layer_param_count(shape, method, adapter['rank'], **options)
                             for shape in layers.values())
     if method == 'BitFit':
         return always + sum(p.numel() for n, p in params.items() if n.endswith('.bias')
@@ -184,7 +186,7 @@ def test_counts_and_layers_at_real_size(task):
         adapter = _load(osp.join(CONFIGS, row)).model.backbone.adapter.to_dict()
         backbone = _build_backbone(osp.join(CONFIGS, row))
         counts = count_adapter_params(backbone)
-        if adapter['type'] in ('FLoRA', 'LoRA', 'DoRA'):
+        if adapter['type'] in ADAPTERS:
             assert sorted(counts['per_layer']) == sorted(layers), row
         else:
             assert not counts['per_layer'], row
