@@ -15,8 +15,13 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from flora_mm.testing.mmcv_ops import traced_ops
 from test_gpu import NO_CUDA_OPS
+
+# subprocesses of several seconds each: the full suite, not the fast lane
+pytestmark = pytest.mark.slow
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 FAKE = osp.join(REPO, 'tests', 'fake_gpu')

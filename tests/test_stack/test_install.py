@@ -8,11 +8,15 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from flora_mm.adapters import count_adapter_params
 from flora_mm.apis import load_config
 from flora_mm.apis.merge import build_model
+
+# a pip install into a temporary target: the full suite, not the fast lane
+pytestmark = pytest.mark.slow
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(REPO, 'configs', 'demo', 'upernet_convnextv2-atto-flora_tiny-ade.py')

@@ -10,6 +10,9 @@ import sys
 
 import pytest
 
+# subprocesses of several seconds each: the full suite, not the fast lane
+pytestmark = pytest.mark.slow
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_DET = osp.join(REPO, 'configs', 'demo', 'mask-rcnn_convnextv2-atto-flora_fpn_tiny-coco.py')
 

@@ -21,6 +21,7 @@ from conftest import REPO
 PY = sys.executable
 
 
+@pytest.mark.slow
 def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path):
     out = tmp_path / 'report'
     env = dict(os.environ, PYTHON=PY, GPU_CHECK_OUT=str(out), CUDA_VISIBLE_DEVICES='')
