@@ -60,6 +60,20 @@ def reference_forward(layer, x, weight):
     return conv(x, weight, layer.bias, layer.stride, padding, layer.dilation, layer.groups)
 
 
+def assert_merged_forward_exact(layer, x, w0, delta):
+    """A layer whose update is ``delta`` on ``w0``: its forward in 'auto' and 'merged' mode and
+    after ``merge()`` equals the reference on ``w0 + delta`` (fp64), and ``unmerge()`` gives
+    ``w0`` back."""
+    expected = reference_forward(layer, x, w0 + delta)
+    for mode in ('auto', 'merged'):
+        layer.forward_mode = mode
+        assert_close(layer(x), expected, rtol=1e-12)
+    layer.merge()
+    assert_close(layer(x), expected, rtol=1e-12)
+    layer.unmerge()
+    assert_close(layer.weight, w0, rtol=1e-14)
+
+
 def randomize_adapters(layer, std=0.5):
     """Give every adapter parameter (incl. the zero-initialized core / B) random values."""
     with torch.no_grad():

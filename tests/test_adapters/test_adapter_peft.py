@@ -89,6 +89,17 @@ def _assert_same_adapted_outputs(actual, expected, base_out):
     assert (expected - base_out).abs().max() > 1e6 * TOL['atol']  # the adapters do change it
 
 
+def _assert_writes_peft_files(model, tmp_path):
+    """flora_mm writes the adapters of ``model`` back under peft's own keys and shapes,
+    tensor for tensor what peft wrote to ``tmp_path / 'peft'``."""
+    save_adapters(model, str(tmp_path / 'again'), format='peft')
+    ours = safetensors_torch.load_file(str(tmp_path / 'again' / ADAPTER_WEIGHTS_NAME))
+    theirs = safetensors_torch.load_file(str(tmp_path / 'peft' / ADAPTER_WEIGHTS_NAME))
+    assert sorted(ours) == sorted(theirs)
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+
+
 @pytest.mark.parametrize('method', ['LoRA', 'DoRA'])
 @pytest.mark.parametrize('dims', [1, 2, 3])
 def test_flora_to_peft(tmp_path, method, dims):
@@ -161,12 +172,7 @@ def test_peft_to_flora(tmp_path, method, rslora):
         _assert_same_adapted_outputs(model(x), peft_model(x), base(x))
 
     # and back: flora_mm writes the tensors under peft's own keys and shapes
-    save_adapters(model, str(tmp_path / 'again'), format='peft')
-    ours = safetensors_torch.load_file(str(tmp_path / 'again' / ADAPTER_WEIGHTS_NAME))
-    theirs = safetensors_torch.load_file(str(tmp_path / 'peft' / ADAPTER_WEIGHTS_NAME))
-    assert sorted(ours) == sorted(theirs)
-    for key in theirs:
-        assert torch.equal(ours[key], theirs[key]), key
+    _assert_writes_peft_files(model, tmp_path)
 
 
 def test_timm_convnextv2_round_trip(tmp_path):
@@ -379,12 +385,7 @@ def test_lycoris_peft_to_flora(tmp_path, method, options, dims, rank):
     with torch.no_grad():
         _assert_same_adapted_outputs(model(x), peft_model(x), base(x))
 
-    save_adapters(model, str(tmp_path / 'again'), format='peft')
-    ours = safetensors_torch.load_file(str(tmp_path / 'again' / ADAPTER_WEIGHTS_NAME))
-    theirs = safetensors_torch.load_file(str(tmp_path / 'peft' / ADAPTER_WEIGHTS_NAME))
-    assert sorted(ours) == sorted(theirs)
-    for key in theirs:
-        assert torch.equal(ours[key], theirs[key]), key
+    _assert_writes_peft_files(model, tmp_path)
 
 
 def test_lokr_conv1d_with_a_full_w2_or_a_core_is_refused_both_ways(tmp_path):
