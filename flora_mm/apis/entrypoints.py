@@ -137,12 +137,12 @@ def build_test_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def run_train(argv: Optional[List[str]] = None):
-    """``tools/train.py``: build the runner and train; returns the runner."""
+def run_train(argv: Optional[List[str]] = None) -> None:
+    """``tools/train.py``: build the runner, train, and close the process group."""
     runner = build_runner(build_train_config(parse_train_args(argv)))
     runner.train()
+    del runner  # the group's backend is freed only with the model wrapper (close_distributed)
     close_distributed()
-    return runner
 
 
 def run_test(argv: Optional[List[str]] = None) -> dict:
@@ -156,5 +156,6 @@ def run_test(argv: Optional[List[str]] = None) -> dict:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     metrics = runner.test()
+    del runner
     close_distributed()
     return metrics

@@ -13,6 +13,7 @@ On a GPU node nothing is changed, so the same command runs on a laptop and on a 
 """
 import copy
 import datetime
+import gc
 import importlib
 import os
 import subprocess
@@ -197,11 +198,14 @@ def build_runner(cfg: Config):
 def close_distributed() -> None:
     """Destroy the default process group, if any, after every rank has finished its run.
 
-    Left to interpreter exit, the group's store and worker threads are torn down in no set
-    order, and a rank can abort ("terminate called without an active exception", exit -6)
-    after a run that succeeded; torch asks for ``destroy_process_group()`` before exit.
+    Call it once the runner is dropped. The model wrapper (DDP / FSDP), held in the runner's
+    reference cycles, keeps the gloo backend alive, so destroying the group alone leaves the
+    backend's worker threads running into interpreter exit, where a rank can abort ("terminate
+    called without an active exception", exit -6) after a run that succeeded. Collecting the
+    cycles first lets ``destroy_process_group()`` free the backend, which joins its threads.
     """
     if dist.is_available() and dist.is_initialized():
         # no rank may close the store (hosted by rank 0) while another still talks to it
         dist.barrier()
+        gc.collect()
         dist.destroy_process_group()

@@ -1,4 +1,7 @@
 """Config handling of tools/train.py and tools/test.py, and the CPU distributed setup."""
+import os
+import sys
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -77,6 +80,46 @@ def test_cpu_distributed_setup(monkeypatch):
         dist.destroy_process_group()
     assert own.model_wrapper_cfg == dict(type='MMDistributedDataParallel',
                                          broadcast_buffers=True, device_ids=None)
+
+
+def _gloo_threads():
+    """Names of this process's native gloo threads (backend workers and transport loop)."""
+    names = []
+    for task in os.listdir('/proc/self/task'):
+        with open(f'/proc/self/task/{task}/comm') as f:
+            names.append(f.read().strip())
+    return sorted(name for name in names if 'gloo' in name)
+
+
+class _RunnerLike:
+    """Holds a model wrapper in a reference cycle, as mmengine's Runner does."""
+
+    def __init__(self, model):
+        self.model = model
+        self.hooks = [self]
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='reads /proc/self/task')
+def test_close_distributed_joins_gloo_threads(monkeypatch):
+    """No gloo thread outlives close_distributed once the runner is dropped: a DDP model in a
+    reference cycle keeps the backend (and its threads) alive past destroy_process_group."""
+    if torch.cuda.is_available():
+        pytest.skip('the CPU path applies only without CUDA')
+    before = _gloo_threads()
+    for key, value in dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1',
+                           MASTER_PORT=str(free_port())).items():
+        monkeypatch.setenv(key, value)
+    try:
+        setup_cpu_distributed(Config(), 'pytorch')
+        runner = _RunnerLike(torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2)))
+        runner.model(torch.randn(3, 4)).sum().backward()  # an allreduce on the backend
+        assert len(_gloo_threads()) > len(before)
+        del runner
+        close_distributed()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert _gloo_threads() == before
 
 
 def test_pytorch_launcher_needs_torchrun_env(monkeypatch):
