@@ -267,7 +267,9 @@ def worker(rank, out):
         result['written'] = sorted(f for f in os.listdir(out) if f.endswith('.json'))
         with open(os.path.join(out, 'result'), 'w') as f:
             json.dump(result, f)
-    dist.destroy_process_group()
+    from flora_mm.apis.launch import close_distributed
+    del model, strategy, pairs, resumed  # they hold the backend; it must go with the group
+    close_distributed()
 
 
 if __name__ == '__main__':
