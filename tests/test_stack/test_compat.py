@@ -212,6 +212,10 @@ import copy, os, tempfile
 import torch, torch.distributed as dist, torch.multiprocessing as mp, torch.nn as nn
 from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, StateDictType
+# before the group exists: some torch modules they import bind it into default arguments
+from mmengine._strategy import fsdp as fsdp_strategy
+from mmengine.hooks import logger_hook
+from mmengine.optim import OptimWrapper
 
 
 def gather_error(model, optimizer, reference):
@@ -220,8 +224,7 @@ def gather_error(model, optimizer, reference):
                for name in reference for key in ('exp_avg', 'exp_avg_sq'))
 
 
-def worker(rank, out):
-    dist.init_process_group('gloo', rank=rank, world_size=2)
+def compare(rank, out):
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3))
     model = FSDP(copy.deepcopy(plain), device_id=torch.device('cpu'), use_orig_params=True)
@@ -239,8 +242,6 @@ def worker(rank, out):
     apply('torch_fsdp_cpu_optim_gather')
     result['gather_error_fixed'] = gather_error(model, optimizer, reference)
 
-    from mmengine._strategy import fsdp as fsdp_strategy
-    from mmengine.optim import OptimWrapper
     full = FSDP.optim_state_dict(model, optimizer)
     strategy = fsdp_strategy.FSDPStrategy()
     strategy.model = model
@@ -258,7 +259,6 @@ def worker(rank, out):
     result['resume_compared'] = len(pairs)
     result['resume_difference'] = max(float((a - b).abs().max()) for a, b in pairs)
 
-    from mmengine.hooks import logger_hook
     logger_hook.dump({'rank': rank}, os.path.join(out, f'unfixed_rank{rank}.json'))
     apply('mmengine_test_json_main_process')
     logger_hook.dump({'rank': rank}, os.path.join(out, f'fixed_rank{rank}.json'))
@@ -267,8 +267,12 @@ def worker(rank, out):
         result['written'] = sorted(f for f in os.listdir(out) if f.endswith('.json'))
         with open(os.path.join(out, 'result'), 'w') as f:
             json.dump(result, f)
-    from flora_mm.apis.launch import close_distributed
-    del model, strategy, pairs, resumed  # they hold the backend; it must go with the group
+
+
+def worker(rank, out):
+    dist.init_process_group('gloo', rank=rank, world_size=2)
+    compare(rank, out)  # returns with its FSDP model unreferenced: closing frees the backend
+    from flora_mm.apis.launch import close_distributed  # only now: flora_mm applies the fixes
     close_distributed()
 
 
