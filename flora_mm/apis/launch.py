@@ -203,6 +203,8 @@ def close_distributed() -> None:
     backend's worker threads running into interpreter exit, where a rank can abort ("terminate
     called without an active exception", exit -6) after a run that succeeded. Collecting the
     cycles first lets ``destroy_process_group()`` free the backend, which joins its threads.
+    Not under FSDP: its flat parameters are also held from C++ (an extra reference the
+    collector cannot see), so there the threads still outlive the group.
     """
     if dist.is_available() and dist.is_initialized():
         # no rank may close the store (hosted by rank 0) while another still talks to it

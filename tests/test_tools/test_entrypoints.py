@@ -48,14 +48,19 @@ def test_test_flags(cfg_file):
     assert cfg.default_hooks.visualization.test_out_dir == 'shows'
 
 
-def test_cpu_distributed_setup(monkeypatch):
+@pytest.fixture
+def single_rank_env(monkeypatch):
+    """What torchrun sets for a one-process group on this machine."""
+    for key, value in dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1',
+                           MASTER_PORT=str(free_port())).items():
+        monkeypatch.setenv(key, value)
+
+
+def test_cpu_distributed_setup(monkeypatch, single_rank_env):
     if torch.cuda.is_available():
         pytest.skip('the CPU path applies only without CUDA')
     cfg = Config(dict(find_unused_parameters=True))
     assert setup_cpu_distributed(cfg, 'none') is False and 'env_cfg' not in cfg
-    for key, value in dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1',
-                           MASTER_PORT=str(free_port())).items():
-        monkeypatch.setenv(key, value)
     try:
         assert setup_cpu_distributed(cfg, 'pytorch') is True
         assert dist.is_initialized() and dist.get_backend() == 'gloo'
@@ -100,15 +105,12 @@ class _RunnerLike:
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='reads /proc/self/task')
-def test_close_distributed_joins_gloo_threads(monkeypatch):
+def test_close_distributed_joins_gloo_threads(single_rank_env):
     """No gloo thread outlives close_distributed once the runner is dropped: a DDP model in a
     reference cycle keeps the backend (and its threads) alive past destroy_process_group."""
     if torch.cuda.is_available():
         pytest.skip('the CPU path applies only without CUDA')
     before = _gloo_threads()
-    for key, value in dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1',
-                           MASTER_PORT=str(free_port())).items():
-        monkeypatch.setenv(key, value)
     try:
         setup_cpu_distributed(Config(), 'pytorch')
         runner = _RunnerLike(torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2)))
